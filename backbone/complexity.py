@@ -1,0 +1,90 @@
+"""Multiply-adds and parameters, counted the way the ShuffleNet paper counts "FLOPs".
+
+Only convolutions and fully connected layers are counted (one multiply-add each per weight use); BN, ReLU,
+pooling, shuffle and element-wise adds are free, as in the paper. Run as
+``python -m backbone.complexity [--json]`` for every registered backbone at 224x224.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .registry import BACKBONES, create_backbone
+
+
+def count_macs(model: nn.Module, run: Callable[[], object]) -> int:
+    """Multiply-adds of every Conv2d and Linear while ``run()`` executes ``model`` once."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs, output) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, _inputs, output) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def backbone_complexity(name: str, size: int = 224) -> dict:
+    """One row of the table: the classifier (with FC) at ``size`` x ``size``, batch 1."""
+    spec = BACKBONES[name]
+    model = create_backbone(name).eval()
+    x = torch.zeros(1, 3, size, size)
+    macs = count_macs(model, lambda: model(x))
+    return {
+        "name": name,
+        "arch": spec.arch,
+        "groups": spec.groups,
+        "scale": spec.scale,
+        "input_size": size,
+        "mflops": round(macs / 1e6, 2),
+        "params": count_params(model),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m backbone.complexity",
+        description="Multiply-adds (the paper's FLOPs) and parameters of every ShuffleNet configuration.",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--size", type=int, default=224, help="square input size (default: 224)")
+    args = parser.parse_args(argv)
+    if args.size < 32:
+        parser.error(f"--size must be at least 32, got {args.size}")
+    rows = [backbone_complexity(name, args.size) for name in BACKBONES]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{'backbone':<24} {'groups':>6} {'scale':>6} {'MFLOPs':>9} {'params':>11}")
+    for r in rows:
+        print(f"{r['name']:<24} {r['groups'] or '-':>6} {r['scale']:>6} {r['mflops']:>9.1f} {r['params']:>11,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Named backbone configurations (plain data) and the one builder that turns a name into a network."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .features import FeatureBackbone
+from .shufflenet_v1 import STAGE_OUT_CHANNELS as V1_GROUPS
+from .shufflenet_v1 import STEM_CHANNELS as V1_SCALES
+from .shufflenet_v1 import ShuffleNetV1
+from .shufflenet_v2 import STAGE_OUT_CHANNELS as V2_SCALES
+from .shufflenet_v2 import ShuffleNetV2
+from .weights import load_weights
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    arch: str  # "shufflenet_v1" or "shufflenet_v2"
+    scale: float
+    groups: int | None = None  # v1 only
+
+
+def _scale_tag(scale: float) -> str:
+    return f"{scale:g}x"
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    **{
+        f"shufflenet_v1_g{g}_{_scale_tag(s)}": BackboneSpec("shufflenet_v1", s, g)
+        for g in V1_GROUPS
+        for s in V1_SCALES
+    },
+    # torchvision's names, so weights files keep their familiar names too.
+    **{f"shufflenet_v2_x{s:.1f}".replace(".", "_"): BackboneSpec("shufflenet_v2", s) for s in V2_SCALES},
+}
+
+
+def create_backbone(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    features_only: bool = False,
+    shuffle: bool = True,
+    weights: str | Path | None = None,
+) -> FeatureBackbone:
+    """Build backbone ``name`` (a key of BACKBONES).
+
+    ``weights``: a local ImageNet state dict, loaded strictly into the full classifier before anything is
+    removed. ``features_only``: drop the classification head, for use under a detector. ``shuffle=False``
+    turns channel shuffle off (v1 only: the paper's Table 3 ablation).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    if spec.arch == "shufflenet_v1":
+        model: FeatureBackbone = ShuffleNetV1(spec.groups, spec.scale, num_classes=num_classes, shuffle=shuffle)
+    else:
+        if not shuffle:
+            raise ValueError("shuffle=False is a ShuffleNet v1 ablation; v2 has no switch for it")
+        model = ShuffleNetV2(spec.scale, num_classes=num_classes)
+    if weights is not None:
+        load_weights(model, weights)
+    if features_only:
+        model.remove_classifier()
+    return model

@@ -1,0 +1,45 @@
+"""Loading ImageNet weights from a local file. Nothing here downloads anything."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unreadable, or does not fit the model. The message says which."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path``: a bare state dict, or one under "state_dict"/"model" (training checkpoints)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: holds no state dict of tensors")
+    # DDP wraps the model as `module`; its weights are still ours.
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
+    """Load ``path`` into ``model``. Strict by default: any missing, unexpected or misshapen key is one error."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if misshapen or (strict and (missing or unexpected)):
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise WeightsError(f"{path} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=strict)
