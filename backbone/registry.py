@@ -52,7 +52,9 @@ def create_backbone(
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
     if spec.arch == "shufflenet_v1":
-        model: FeatureBackbone = ShuffleNetV1(spec.groups, spec.scale, num_classes=num_classes, shuffle=shuffle)
+        model: FeatureBackbone = ShuffleNetV1(
+            spec.groups, spec.scale, num_classes=num_classes, shuffle=shuffle
+        )
     else:
         if not shuffle:
             raise ValueError("shuffle=False is a ShuffleNet v1 ablation; v2 has no switch for it")

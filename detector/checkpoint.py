@@ -1,0 +1,117 @@
+"""The checkpoint file: the one contract between training, evaluation and serving.
+
+One ``torch.save`` file holds the weights, the full ``DetectorConfig``, the categories (names with their
+dataset ids), and provenance (dataset, epochs, metrics, code version); training checkpoints also carry the
+optimizer state under "training" so that ``--resume`` continues exactly. Saving is atomic.
+"""
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .categories import CategoryMap
+from .config import DetectorConfig
+from .model import Detector
+
+FORMAT = "shufflenet-detect/checkpoint-v1"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO / "models" / "demo.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit; the message names the file and the problem."""
+
+
+def code_version() -> str:
+    """The git commit of this checkout when there is one (a source tree), else the package version."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shufflenet-detect")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(detector: Detector, path: str | Path, *, training_state: dict | None = None) -> None:
+    """Write ``detector`` (and, for resuming, ``training_state``) to ``path`` atomically."""
+    provenance = {"code_version": code_version(), **detector.provenance}
+    payload = {
+        "format": FORMAT,
+        "config": detector.config.to_dict(),
+        "categories": detector.categories.to_coco(),
+        "provenance": provenance,
+        "state_dict": detector.model.state_dict(),
+    }
+    if training_state is not None:
+        payload["training"] = training_state
+    atomic_save(payload, path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw payload of a checkpoint, validated; raises CheckpointError naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        Exception
+    ) as exc:  # truncated zips, pickles of other things, random bytes: all one problem to a user
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or not a torch file: {exc})"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a shufflenet-detect checkpoint (expected format {FORMAT!r})")
+    for key in ("config", "categories", "state_dict"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r}")
+    return payload
+
+
+def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | torch.device = "cpu") -> Detector:
+    """A ready ``Detector`` in eval mode on ``device``: configuration, categories and weights all from ``path``."""
+    payload = read_checkpoint(path)
+    try:
+        config = DetectorConfig.from_dict(payload["config"])
+        categories = CategoryMap.from_coco(payload["categories"])
+        detector = Detector(config, categories, provenance=payload.get("provenance"))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its configuration does not build a detector: {exc}") from exc
+    try:
+        detector.model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: weights do not fit its configuration: {' '.join(first[:3])}") from exc
+    return detector.to(device).eval()

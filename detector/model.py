@@ -1,0 +1,117 @@
+"""Faster R-CNN on a ShuffleNet backbone, composed from torchvision's detection parts.
+
+``build_detector(config, categories)`` is the one builder: backbone (any family, through the shared
+feature interface) -> FPN neck -> torchvision's RPN and RoI heads. ``Detector`` keeps the network together
+with what it needs to be used on its own: its configuration, its categories and its provenance.
+"""
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from backbone import FeatureBackbone, create_backbone
+
+from .categories import CategoryMap
+from .config import DetectorConfig
+
+
+class BackboneWithFPN(nn.Module):
+    """Any ``FeatureBackbone`` followed by an FPN; returns levels "0", "1", "2" (strides 8-32) and "pool" (64)."""
+
+    def __init__(self, body: FeatureBackbone, out_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(body.feature_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels  # what FasterRCNN reads to size its heads
+        self.level_names = [str(i) for i in range(len(body.feature_info))]
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        return self.fpn(OrderedDict(zip(self.level_names, self.body.forward_features(x), strict=True)))
+
+
+def build_detector(
+    config: DetectorConfig, num_classes: int, *, backbone_weights: str | None = None
+) -> FasterRCNN:
+    """torchvision's FasterRCNN with every part built from ``config``.
+
+    ``num_classes`` counts background (K categories -> K + 1). ``backbone_weights``: a local ImageNet
+    state dict for the backbone (strictly checked). Inputs: list of (3, H, W) tensors in 0..1; in eval mode
+    outputs boxes as [x1, y1, x2, y2] in the input images' pixels, labels 1..K and scores.
+    """
+    body = create_backbone(config.backbone, features_only=True, weights=backbone_weights)
+    if not config.trainable_backbone:
+        body.requires_grad_(False)
+    backbone = BackboneWithFPN(body, config.neck_channels)
+    num_levels = len(body.feature_info) + 1  # plus the max-pooled level
+    if len(config.anchor_sizes) != num_levels:
+        raise ValueError(
+            f"{config.name}: anchor_sizes needs {num_levels} levels, got {len(config.anchor_sizes)}"
+        )
+    anchors = AnchorGenerator(config.anchor_sizes, (config.aspect_ratios,) * num_levels)
+    roi_pool = MultiScaleRoIAlign(backbone.level_names, config.roi_output_size, config.roi_sampling_ratio)
+    box_head = TwoMLPHead(config.neck_channels * config.roi_output_size**2, config.box_head_width)
+    return FasterRCNN(
+        backbone,
+        min_size=config.train_min_sizes,
+        max_size=config.max_size,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(config.box_head_width, num_classes),
+        box_batch_size_per_image=config.box_batch_size_per_image,
+        box_score_thresh=config.box_score_thresh,
+        box_nms_thresh=config.box_nms_thresh,
+        box_detections_per_img=config.detections_per_img,
+    )
+
+
+class Detector(nn.Module):
+    """A FasterRCNN with its configuration, categories and provenance: what a checkpoint holds.
+
+    ``forward`` is FasterRCNN's: in training, (images, targets) -> losses; in eval mode,
+    images -> [{"boxes": (N, 4) x1y1x2y2 pixels, "labels": (N,) 1..K, "scores": (N,)}].
+    The test-time short side is ``config.min_size``; training samples from ``config.train_min_sizes``.
+    """
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        categories: CategoryMap,
+        *,
+        backbone_weights: str | None = None,
+        provenance: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.categories = categories
+        self.provenance = dict(provenance or {})
+        self.model = build_detector(config, categories.num_classes, backbone_weights=backbone_weights)
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        # torchvision's transform samples one of min_size per batch in training and uses min_size[-1] in eval.
+        self.model.transform.min_size = self.config.train_min_sizes if mode else (self.config.min_size,)
+        return self
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        return self.model(images, targets)
+
+    @torch.inference_mode()
+    def predict(self, images: list[Tensor]) -> list[dict]:
+        """Eval-mode detections for a list of (3, H, W) float images in 0..1, in their own pixels."""
+        if self.training:
+            raise RuntimeError("call .eval() before predict()")
+        return self.model(images)
