@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{'backbone':<24} {'groups':>6} {'scale':>6} {'MFLOPs':>9} {'params':>11}")
     for r in rows:
-        print(
-            f"{r['name']:<24} {r['groups'] or '-':>6} {r['scale']:>6} {r['mflops']:>9.1f} {r['params']:>11,}"
-        )
+        print(f"{r['name']:<24} {r['groups'] or '-':>6} {r['scale']:>6} {r['mflops']:>9.1f} {r['params']:>11,}")
     return 0
 
 

@@ -25,9 +25,7 @@ def _scale_tag(scale: float) -> str:
 
 BACKBONES: dict[str, BackboneSpec] = {
     **{
-        f"shufflenet_v1_g{g}_{_scale_tag(s)}": BackboneSpec("shufflenet_v1", s, g)
-        for g in V1_GROUPS
-        for s in V1_SCALES
+        f"shufflenet_v1_g{g}_{_scale_tag(s)}": BackboneSpec("shufflenet_v1", s, g) for g in V1_GROUPS for s in V1_SCALES
     },
     # torchvision's names, so weights files keep their familiar names too.
     **{f"shufflenet_v2_x{s:.1f}".replace(".", "_"): BackboneSpec("shufflenet_v2", s) for s in V2_SCALES},
@@ -52,9 +50,7 @@ def create_backbone(
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
     if spec.arch == "shufflenet_v1":
-        model: FeatureBackbone = ShuffleNetV1(
-            spec.groups, spec.scale, num_classes=num_classes, shuffle=shuffle
-        )
+        model: FeatureBackbone = ShuffleNetV1(spec.groups, spec.scale, num_classes=num_classes, shuffle=shuffle)
     else:
         if not shuffle:
             raise ValueError("shuffle=False is a ShuffleNet v1 ablation; v2 has no switch for it")

@@ -35,9 +35,7 @@ class BackboneWithFPN(nn.Module):
         return self.fpn(OrderedDict(zip(self.level_names, self.body.forward_features(x), strict=True)))
 
 
-def build_detector(
-    config: DetectorConfig, num_classes: int, *, backbone_weights: str | None = None
-) -> FasterRCNN:
+def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights: str | None = None) -> FasterRCNN:
     """torchvision's FasterRCNN with every part built from ``config``.
 
     ``num_classes`` counts background (K categories -> K + 1). ``backbone_weights``: a local ImageNet
@@ -50,9 +48,7 @@ def build_detector(
     backbone = BackboneWithFPN(body, config.neck_channels)
     num_levels = len(body.feature_info) + 1  # plus the max-pooled level
     if len(config.anchor_sizes) != num_levels:
-        raise ValueError(
-            f"{config.name}: anchor_sizes needs {num_levels} levels, got {len(config.anchor_sizes)}"
-        )
+        raise ValueError(f"{config.name}: anchor_sizes needs {num_levels} levels, got {len(config.anchor_sizes)}")
     anchors = AnchorGenerator(config.anchor_sizes, (config.aspect_ratios,) * num_levels)
     roi_pool = MultiScaleRoIAlign(backbone.level_names, config.roi_output_size, config.roi_sampling_ratio)
     box_head = TwoMLPHead(config.neck_channels * config.roi_output_size**2, config.box_head_width)
