@@ -18,30 +18,36 @@ from .registry import BACKBONES, create_backbone
 
 def count_macs(model: nn.Module, run: Callable[[], object]) -> int:
     """Multiply-adds of every Conv2d and Linear while ``run()`` executes ``model`` once."""
-    total = 0
+    return sum(count_macs_by_part({"all": model}, run).values())
 
-    def conv_hook(module: nn.Conv2d, _inputs, output) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += output.numel() * (module.in_channels // module.groups) * kh * kw
 
-    def linear_hook(module: nn.Linear, _inputs, output) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
+def count_macs_by_part(parts: dict[str, nn.Module], run: Callable[[], object]) -> dict[str, int]:
+    """Multiply-adds of the Conv2d and Linear layers inside each named part during one ``run()``."""
+    totals = dict.fromkeys(parts, 0)
 
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    def hook_for(part: str):
+        def hook(module: nn.Module, _inputs, output) -> None:
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                totals[part] += output.numel() * (module.in_channels // module.groups) * kh * kw
+            else:
+                totals[part] += output.numel() * module.in_features
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(hook_for(part))
+        for part, module in parts.items()
+        for m in module.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
     try:
         with torch.no_grad():
             run()
     finally:
         for h in handles:
             h.remove()
-    return total
+    return totals
 
 
 def count_params(model: nn.Module) -> int:

@@ -42,8 +42,8 @@ def create_backbone(
 ) -> FeatureBackbone:
     """Build backbone ``name`` (a key of BACKBONES).
 
-    ``weights``: a local ImageNet state dict, loaded strictly into the full classifier before anything is
-    removed. ``features_only``: drop the classification head, for use under a detector. ``shuffle=False``
+    ``weights``: a local ImageNet state dict, loaded strictly (with ``features_only``, the file's classifier
+    keys are left out). ``features_only``: drop the classification head, for use under a detector. ``shuffle=False``
     turns channel shuffle off (v1 only: the paper's Table 3 ablation).
     """
     if name not in BACKBONES:
@@ -55,8 +55,14 @@ def create_backbone(
         if not shuffle:
             raise ValueError("shuffle=False is a ShuffleNet v1 ablation; v2 has no switch for it")
         model = ShuffleNetV2(spec.scale, num_classes=num_classes)
-    if weights is not None:
-        load_weights(model, weights)
     if features_only:
+        # The classifier goes before loading, so an ImageNet file with any number of classes fits the body,
+        # which is still checked strictly.
+        full_keys = set(model.state_dict())
         model.remove_classifier()
+        head_keys = full_keys - set(model.state_dict())
+    else:
+        head_keys = set()
+    if weights is not None:
+        load_weights(model, weights, ignore=head_keys)
     return model

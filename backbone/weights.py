@@ -1,5 +1,8 @@
-"""Loading ImageNet weights from a local file. Nothing here downloads anything."""
+"""Reading and writing weights files locally and safely. Nothing here downloads anything."""
 
+import os
+import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -28,9 +31,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
-    """Load ``path`` into ``model``. Strict by default: any missing, unexpected or misshapen key is one error."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, ignore: Collection[str] = ()) -> None:
+    """Load ``path`` into ``model``. Strict by default: any missing, unexpected or misshapen key is one error.
+
+    ``ignore``: keys of the file to leave out, e.g. a classifier the model no longer has.
+    """
+    state = {k: v for k, v in read_state_dict(path).items() if k not in ignore}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -43,3 +49,19 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise WeightsError(f"{path} does not fit {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict(state, strict=strict)
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
