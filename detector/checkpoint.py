@@ -5,12 +5,12 @@ dataset ids), and provenance (dataset, epochs, metrics, code version); training 
 optimizer state under "training" so that ``--resume`` continues exactly. Saving is atomic.
 """
 
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from backbone.weights import atomic_save
 
 from .categories import CategoryMap
 from .config import DetectorConfig
@@ -44,22 +44,6 @@ def code_version() -> str:
         return version("shufflenet-detect")
     except PackageNotFoundError:
         return "unknown"
-
-
-def atomic_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(detector: Detector, path: str | Path, *, training_state: dict | None = None) -> None:

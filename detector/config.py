@@ -87,8 +87,9 @@ CONFIGS: dict[str, DetectorConfig] = {
         rpn_post_nms_top_n_train=500,
         rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_test=100,
+        roi_sampling_ratio=1,  # one sample per RoI bin: RoIAlign's CPU backward dominated training time
         box_head_width=256,
-        box_batch_size_per_image=256,
+        box_batch_size_per_image=128,
     ),
 }
 DEFAULT_CONFIG = "edge"
@@ -102,4 +103,5 @@ def get_config(name: str = DEFAULT_CONFIG, **overrides) -> DetectorConfig:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown detector config fields: {', '.join(unknown)}")
-    return replace(CONFIGS[name], **overrides)
+    # Overrides often come from JSON (lists); a config compares and hashes by value, so make them tuples.
+    return replace(CONFIGS[name], **{k: v if k == "extra" else _tuplify(v) for k, v in overrides.items()})

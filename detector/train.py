@@ -1,0 +1,283 @@
+"""Train a detector: ``python -m detector.train`` (one process) or ``torchrun ... -m detector.train`` (DDP).
+
+With no dataset arguments it trains on the embedded synthetic set. Every epoch it writes ``last.pt`` (the
+checkpoint plus optimizer, schedule, epoch and RNG state, so ``--resume`` continues where it stopped, with
+``--workers 0`` bit for bit) and appends to ``log.jsonl``; every ``--eval-every`` epochs it scores the
+validation set with the evaluation code; at the end it writes ``final.pt`` (weights, config, categories, provenance with the last metrics; no optimizer).
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from eval.inference import run_detector
+from eval.scoring import score_results
+
+from . import distributed as dist
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .config import CONFIGS, DEFAULT_CONFIG, DetectorConfig, get_config
+from .data import CocoDetectionDataset, DatasetError, make_loader, set_epoch
+from .model import Detector
+from .synthetic import default_dataset
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m detector.train",
+        description="Train a ShuffleNet Faster R-CNN on a COCO-format dataset (default: the embedded synthetic set).",
+    )
+    data = p.add_argument_group("data (default: the synthetic train/val splits, generated on first use)")
+    data.add_argument("--train-images", type=Path, help="folder of training images")
+    data.add_argument("--train-annotations", type=Path, help="COCO instances JSON for the training images")
+    data.add_argument("--val-images", type=Path, help="folder of validation images")
+    data.add_argument("--val-annotations", type=Path, help="COCO instances JSON for the validation images")
+    model = p.add_argument_group("model")
+    model.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS), help="named configuration")
+    model.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field (JSON value), e.g. --set min_size=300 --set 'train_min_sizes=[300]'",
+    )
+    model.add_argument("--pretrained-backbone", type=Path, help="local ImageNet state dict for the backbone")
+    model.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=int, default=26)
+    opt.add_argument("--batch-size", type=int, default=2, help="images per process per step")
+    opt.add_argument("--lr", type=float, default=0.02, help="peak learning rate (torchvision: 0.02 for 16 images)")
+    opt.add_argument("--momentum", type=float, default=0.9)
+    opt.add_argument("--weight-decay", type=float, default=1e-4)
+    opt.add_argument("--schedule", choices=["step", "cosine"], default="step")
+    opt.add_argument("--lr-steps", type=int, nargs="+", default=[16, 22], help="epochs where step decays the lr")
+    opt.add_argument("--lr-gamma", type=float, default=0.1)
+    opt.add_argument("--warmup-iters", type=int, default=1000, help="linear warmup from lr/1000")
+    opt.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0: off)")
+    opt.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    run = p.add_argument_group("run")
+    run.add_argument("--output-dir", type=Path, default=Path("runs/train"))
+    run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
+    run.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: only at the end)")
+    run.add_argument("--max-iters", type=int, default=0, help="stop each epoch after N steps (smoke tests)")
+    run.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if (args.train_images is None) != (args.train_annotations is None):
+        p.error("give --train-images and --train-annotations together")
+    if (args.val_images is None) != (args.val_annotations is None):
+        p.error("give --val-images and --val-annotations together")
+    if args.amp and not args.device.startswith("cuda"):
+        p.error("--amp needs a CUDA device")
+    try:
+        args.model_config = get_config(args.config, **dict(_parse_override(o) for o in args.overrides))
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--set takes FIELD=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare string such as a backbone name
+
+
+def lr_factor(iteration: int, *, warmup_iters: int, iters_per_epoch: int, args: argparse.Namespace) -> float:
+    """Multiplier of the peak lr at ``iteration``: linear warmup, then step decay or cosine to zero."""
+    warmup = 1.0
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        warmup = 1e-3 * (1 - alpha) + alpha
+    if args.schedule == "step":
+        epoch = iteration // iters_per_epoch
+        return warmup * args.lr_gamma ** sum(epoch >= s for s in args.lr_steps)
+    total = args.epochs * iters_per_epoch
+    return warmup * 0.5 * (1 + math.cos(math.pi * min(iteration, total) / total))
+
+
+def build_datasets(args: argparse.Namespace) -> tuple[CocoDetectionDataset, CocoDetectionDataset]:
+    if args.train_images is None:
+        if dist.is_main():  # one process generates, the others wait and read
+            default_dataset("train"), default_dataset("val")
+        dist.barrier()
+        train_images, train_ann = default_dataset("train")
+    else:
+        train_images, train_ann = args.train_images, args.train_annotations
+    train = CocoDetectionDataset(train_images, train_ann, train=True)
+    if args.val_images is not None:
+        val_images, val_ann = args.val_images, args.val_annotations
+    elif args.train_images is None:
+        val_images, val_ann = default_dataset("val")
+    else:
+        val_images, val_ann = train_images, train_ann  # no val set given: report training-set fit
+    val = CocoDetectionDataset(val_images, val_ann, train=False, categories=train.categories)
+    return train, val
+
+
+def evaluate(detector: Detector, val: CocoDetectionDataset, batch_size: int) -> dict | None:
+    """COCO stats on ``val`` through the evaluation code (all ranks infer, rank 0 scores)."""
+    detector.eval()
+    # Evaluation must not move training's RNG (its DataLoader draws a seed), or resuming would not be exact.
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_initialized() else []):
+        results, timing = run_detector(detector, val, batch_size=batch_size, progress=False)
+    detector.train()
+    if not dist.is_main():
+        return None
+    report = score_results(val.coco, results)
+    return {"stats": report["stats"], "per_class_ap": report["per_class_ap"], "ms_per_image": timing["ms_per_image"]}
+
+
+def train(args: argparse.Namespace) -> int:
+    dist.init_from_env(args.device)
+    device = dist.device_for(args.device)
+    torch.manual_seed(args.seed + dist.rank())
+    config: DetectorConfig = args.model_config
+    train_set, val_set = build_datasets(args)
+    loader = make_loader(
+        train_set, batch_size=args.batch_size, train=True, workers=args.workers, distributed=dist.world() > 1
+    )
+    resume_path = args.output_dir / "last.pt"
+    resume_state = _read_resume(resume_path, config) if args.resume else None
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    detector = Detector(
+        config,
+        train_set.categories,
+        backbone_weights=str(args.pretrained_backbone) if args.pretrained_backbone else None,
+        provenance={"dataset": {"train": str(train_set.annotation_file), "val": str(val_set.annotation_file)}},
+    )
+    if resume_state is not None:
+        detector.model.load_state_dict(resume_state["state_dict"])
+    if args.sync_bn and dist.world() > 1:
+        detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
+    detector.to(device).train()
+    model = dist.wrap(detector, device)
+    params = [p for p in detector.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    iters_per_epoch = len(loader) if not args.max_iters else min(len(loader), args.max_iters)
+    warmup_iters = min(args.warmup_iters, iters_per_epoch * args.epochs // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, warmup_iters=warmup_iters, iters_per_epoch=iters_per_epoch, args=args)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
+    start_epoch, metrics = 0, None
+    if resume_state is not None:
+        training = resume_state["training"]
+        optimizer.load_state_dict(training["optimizer"])
+        scheduler.load_state_dict(training["scheduler"])
+        scaler.load_state_dict(training["scaler"])
+        start_epoch, metrics = training["epoch"], training.get("metrics")
+        if "torch_rng" in training:  # flips, scale choice and RoI sampling continue as if never stopped
+            torch.set_rng_state(training["torch_rng"])
+        dist.log_main(f"resumed from {resume_path} at epoch {start_epoch}")
+    log = _JsonLog(args.output_dir / "log.jsonl") if dist.is_main() else None
+    for epoch in range(start_epoch, args.epochs):
+        set_epoch(loader, epoch)
+        _train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters_per_epoch, device, args, log)
+        last = epoch + 1 == args.epochs
+        if (args.eval_every and (epoch + 1) % args.eval_every == 0) or last:
+            metrics = evaluate(detector, val_set, args.batch_size)
+            if log:
+                log.write({"epoch": epoch + 1, "eval": metrics})
+                dist.log_main(f"epoch {epoch + 1}: AP {metrics['stats']['AP']:.4f} AP50 {metrics['stats']['AP50']:.4f}")
+        if dist.is_main():
+            detector.provenance.update(epochs=epoch + 1, metrics=metrics, command=" ".join(sys.argv))
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "metrics": metrics,
+                "torch_rng": torch.get_rng_state(),
+            }
+            save_checkpoint(detector, args.output_dir / "last.pt", training_state=state)
+    if dist.is_main():
+        detector.provenance["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        save_checkpoint(detector, args.output_dir / "final.pt")
+        dist.log_main(f"wrote {args.output_dir / 'final.pt'}")
+    dist.barrier()
+    dist.shutdown()
+    return 0
+
+
+def _train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters, device, args, log) -> None:
+    bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress or not dist.is_main())
+    seen, started = 0, time.perf_counter()
+    for step, (images, targets) in enumerate(loader):
+        if step >= iters:
+            break
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        with torch.autocast("cuda", enabled=args.amp):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        seen += len(images) * dist.world()
+        rate = seen / (time.perf_counter() - started)
+        lr = optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        bar.update()
+        if log and (step % 20 == 0 or step + 1 == iters):
+            log.write(
+                {"epoch": epoch + 1, "step": step, "lr": lr, "loss": loss.item(), "images_per_s": round(rate, 2)}
+                | {k: round(v.item(), 5) for k, v in losses.items()}
+            )
+    bar.close()
+
+
+def _read_resume(path: Path, config: DetectorConfig) -> dict:
+    payload = read_checkpoint(path)
+    if "training" not in payload:
+        raise CheckpointError(f"{path}: has no training state to resume from")
+    if DetectorConfig.from_dict(payload["config"]) != config:
+        raise CheckpointError(f"{path}: was trained with a different configuration than --config/--set give")
+    return payload
+
+
+class _JsonLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except (DatasetError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

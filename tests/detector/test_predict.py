@@ -1,0 +1,115 @@
+"""python -m detector.predict: drawn copies of the images and the detections as JSON."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detector import predict
+from detector.categories import Category, CategoryMap
+from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.config import get_config
+from detector.model import Detector
+
+CATEGORIES = CategoryMap([Category(3, "car"), Category(18, "dog")])  # labels 1, 2
+
+
+class FixedModel(nn.Module):
+    """Eval-mode FasterRCNN stand-in: a dog at (10, 20)-(50, 40) and a faint car on every image."""
+
+    def forward(self, images, targets=None):
+        self.shapes = [tuple(image.shape) for image in images]
+        return [
+            {
+                "boxes": torch.tensor([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 5.0, 5.0]]),
+                "labels": torch.tensor([2, 1]),
+                "scores": torch.tensor([0.9, 0.2]),
+            }
+            for _ in images
+        ]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(Detector(get_config("edge", min_size=64, max_size=96), CATEGORIES), path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), rng.integers(0, 255, (60, 80), dtype=np.uint8))
+    rgba = tmp_path / "sub" / "grey.png"  # the same file name from another folder
+    rgba.parent.mkdir()
+    cv2.imwrite(str(rgba), rng.integers(0, 255, (70, 90, 4), dtype=np.uint8))
+    return [grey, rgba]
+
+
+def test_draws_copies_and_prints_json(checkpoint, images, tmp_path, monkeypatch, capsys):
+    models = []
+
+    def load_fixed(path, device="cpu"):
+        detector = load_checkpoint(path, device=device)
+        detector.model = FixedModel()
+        models.append(detector.model)
+        return detector
+
+    monkeypatch.setattr(predict, "load_checkpoint", load_fixed)
+    out = tmp_path / "drawn"
+    code = predict.main([*map(str, images), "--checkpoint", str(checkpoint), "--out", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert [r["image"] for r in report] == list(map(str, images))
+    assert [(r["width"], r["height"]) for r in report] == [(80, 60), (90, 70)]
+    assert models[0].shapes == [(3, 70, 90)]  # grayscale and RGBA both reach the model as 3 channels
+    for r in report:  # the 0.2 car is under the default 0.5 threshold
+        assert r["detections"] == [{"label": "dog", "category_id": 18, "score": 0.9, "box": [10.0, 20.0, 50.0, 40.0]}]
+    written = [out / "grey.png", out / "grey_1.png"]
+    assert [r["output"] for r in report] == list(map(str, written))
+    drawn = cv2.imread(str(written[0]), cv2.IMREAD_COLOR)
+    original = cv2.cvtColor(cv2.imread(str(images[0]), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
+    assert drawn.shape == original.shape
+    assert (drawn[30, 10] != original[30, 10]).any()  # the box's left edge is drawn
+    assert (drawn[55, 70] == original[55, 70]).all()  # far from the box, untouched
+    assert cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED).ndim == 2  # the input itself is not modified
+
+
+def test_threshold_zero_keeps_everything_best_first(checkpoint, images, tmp_path, monkeypatch, capsys):
+    def load_fixed(path, device="cpu"):
+        detector = load_checkpoint(path, device=device)
+        detector.model = FixedModel()
+        return detector
+
+    monkeypatch.setattr(predict, "load_checkpoint", load_fixed)
+    argv = [str(images[0]), "--checkpoint", str(checkpoint), "--out", str(tmp_path), "--score-threshold", "0"]
+    assert predict.main(argv) == 0
+    detections = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert [(d["label"], d["category_id"], d["score"]) for d in detections] == [("dog", 18, 0.9), ("car", 3, 0.2)]
+
+
+def test_a_real_checkpoint_runs(checkpoint, images, tmp_path, capsys):
+    assert predict.main([str(images[1]), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "grey.png").is_file() and isinstance(report[0]["detections"], list)
+
+
+@pytest.mark.parametrize("problem", ["missing image", "not an image", "missing checkpoint"])
+def test_bad_input_is_one_line_and_status_2(problem, checkpoint, images, tmp_path, capsys):
+    argv = [str(images[0]), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
+    if problem == "missing image":
+        argv[0], expected = str(tmp_path / "absent.jpg"), "no such image file"
+    elif problem == "not an image":
+        (tmp_path / "notes.jpg").write_text("not pixels")
+        argv[0], expected = str(tmp_path / "notes.jpg"), "not an image OpenCV can decode"
+    else:
+        argv[2], expected = str(tmp_path / "absent.pt"), "no such checkpoint"
+    assert predict.main(argv) == 2
+    stdout, stderr = capsys.readouterr()
+    assert stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert expected in stderr and "Traceback" not in stderr

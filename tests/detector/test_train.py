@@ -1,0 +1,158 @@
+"""python -m detector.train: it learns, resumes exactly, agrees across DDP ranks, and refuses bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector import read_checkpoint, synthetic
+from detector.config import get_config
+from detector.data import CocoDetectionDataset, make_loader
+from detector.model import Detector
+from detector.train import main
+
+REPO = Path(__file__).resolve().parents[2]
+# A detector small enough to train for a few steps in seconds on one CPU thread.
+SMALL = ["--set", "min_size=96", "--set", "max_size=128", "--set", "train_min_sizes=[96]"]
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory) -> tuple[Path, Path]:
+    return synthetic.generate(tmp_path_factory.mktemp("tiny") / "set", num_images=8, seed=11, image_size=(96, 128))
+
+
+def _args(tiny_set, out: Path, *extra: str) -> list[str]:
+    images, annotations = tiny_set
+    data = ["--train-images", str(images), "--train-annotations", str(annotations)]
+    run = ["--output-dir", str(out), "--workers", "0", "--no-progress", "--device", "cpu", "--batch-size", "4"]
+    return [*data, *run, *SMALL, *extra]
+
+
+def test_a_few_iterations_lower_the_loss(tiny_set):
+    torch.manual_seed(0)
+    dataset = CocoDetectionDataset(*tiny_set, train=False)
+    images, targets = next(iter(make_loader(dataset, batch_size=4, train=False, workers=0)))
+    detector = Detector(get_config("edge", min_size=96, max_size=128, train_min_sizes=(96,)), dataset.categories)
+    detector.train()
+    optimizer = torch.optim.SGD(detector.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(12):
+        loss = sum(detector(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_resume_continues_from_the_saved_step_and_optimizer_state(tiny_set, tmp_path, capsys):
+    # A step schedule depends only on the epoch, so two epochs in one go and one-then-resume must agree.
+    schedule = ["--schedule", "step", "--lr-steps", "1", "--warmup-iters", "1", "--lr", "0.01", "--eval-every", "0"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(_args(tiny_set, straight, "--epochs", "2", *schedule)) == 0
+    assert main(_args(tiny_set, stopped, "--epochs", "1", *schedule)) == 0
+    after_one = read_checkpoint(stopped / "last.pt")
+    assert after_one["training"]["epoch"] == 1
+    assert after_one["training"]["scheduler"]["last_epoch"] == 2  # 8 images / batch 4
+    assert after_one["training"]["optimizer"]["state"], "momentum buffers are saved"
+    capsys.readouterr()
+    assert main(_args(tiny_set, stopped, "--epochs", "2", "--resume", *schedule)) == 0
+    assert "resumed from" in capsys.readouterr().out
+    resumed = read_checkpoint(stopped / "last.pt")
+    assert resumed["training"]["epoch"] == 2 and resumed["training"]["scheduler"]["last_epoch"] == 4
+    assert resumed["provenance"]["epochs"] == 2
+    expected, actual = _weights(straight / "final.pt"), _weights(stopped / "final.pt")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    # The second epoch really trained: the weights moved on from the one-epoch checkpoint.
+    assert any(not torch.equal(after_one["state_dict"][k], actual[k]) for k in actual)
+
+
+def test_log_and_checkpoints_are_written(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(tiny_set, out, "--epochs", "1", "--warmup-iters", "1")) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert steps and all({"lr", "loss", "images_per_s", "loss_classifier"} <= r.keys() for r in steps)
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert len(evals) == 1 and {"AP", "AP50"} <= evals[0]["stats"].keys()
+    final = read_checkpoint(out / "final.pt")
+    assert "training" not in final  # the deliverable carries no optimizer state
+    assert final["provenance"]["metrics"]["stats"] == evals[0]["stats"]
+    assert final["config"]["min_size"] == 96
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--set", "neck_width=3"], "unknown detector config fields: neck_width"),
+        (["--train-images", "/nowhere"], "give --train-images and --train-annotations together"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(extra)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_annotations_and_resume_without_checkpoint_exit_2(tiny_set, tmp_path, capsys):
+    images, _ = tiny_set
+    missing = tmp_path / "nope.json"
+    argv = ["--train-images", str(images), "--train-annotations", str(missing), "--output-dir", str(tmp_path)]
+    assert main([*argv, "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0]
+    assert main(_args(tiny_set, tmp_path / "empty", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "last.pt" in err[-1]
+
+
+_RANK_WORKER = """
+    import os, sys, torch
+    import detector.train as train
+
+    evaluate = train.evaluate
+
+    def evaluate_and_dump(detector, val, batch_size):  # runs on every rank after the last epoch
+        torch.save(detector.model.state_dict(), os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+        return evaluate(detector, val, batch_size)
+
+    train.evaluate = evaluate_and_dump
+    sys.exit(train.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_ends_with_identical_weights(tiny_set, tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(_RANK_WORKER))
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker)]
+    command += [str(tmp_path), *_args(tiny_set, out, "--epochs", "1", "--warmup-iters", "1", "--batch-size", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    saved = _weights(out / "final.pt")
+    assert rank0.keys() == rank1.keys() == saved.keys()
+    # Parameters must agree exactly. BatchNorm running statistics are each rank's own (DDP broadcasts rank 0's
+    # at every forward, then each rank updates them from its batch); the checkpoint holds rank 0's.
+    parameters = [k for k in rank0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(parameters) > 100
+    for key in parameters:
+        assert torch.equal(rank0[key], rank1[key]), key
+    for key in rank0:
+        assert torch.equal(rank0[key], saved[key]), key
