@@ -1,0 +1,68 @@
+"""``python -m service``: serve a checkpoint over HTTP with uvicorn.
+
+Every setting is a flag and a ``SERVICE_*`` environment variable (flags win); the API key is read from the
+environment only (``SERVICE_API_KEY``), so that it does not show in the process list.
+"""
+
+import argparse
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from .app import create_app
+from .settings import Settings
+
+ENV_ONLY = {"api_key"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve a shufflenet-detect checkpoint: POST /detect, GET /healthz /readyz /metrics /v1/model, "
+        "and a page to try it at /.",
+        epilog="Each option can also be set as SERVICE_<NAME> in the environment (e.g. SERVICE_MAX_BATCH_SIZE=8); "
+        "flags override the environment. Set SERVICE_API_KEY to require a key on every endpoint but /healthz.",
+    )
+    for name, field in Settings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
+        default = field.get_default(call_default_factory=True)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            metavar=name.upper(),
+            help=f"{field.description or name} (env SERVICE_{name.upper()}; default {default})",
+        )
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=True, help="log every request (default on)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    log_level, access_log = args.pop("log_level"), args.pop("access_log")
+    overrides = {name: value for name, value in args.items() if value is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            print(f"python -m service: {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=access_log,
+        server_header=False,
+        # SIGTERM: stop accepting, let accepted requests finish (they time out by themselves), then exit.
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

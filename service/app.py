@@ -1,0 +1,125 @@
+"""The FastAPI app: ``create_app(settings)`` wires the routers; the lifespan loads the model and runs the batcher.
+
+Start-up loads the checkpoint (a bad one stops the server with its message), measures the model's cost for
+/v1/model, starts the batcher and warms the model up in the background; /readyz answers 503 until warm-up is
+done (requests sent meanwhile simply queue behind it). Shutdown (SIGTERM: uvicorn first stops accepting and
+finishes open requests) drains the batcher before the inference thread stops.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from detector import load_checkpoint
+from detector.complexity import input_shape
+
+from .batcher import Batcher, PredictFn
+from .dependencies import require_api_key
+from .errors import UNAUTHORIZED, install_error_handlers
+from .memory import MemoryTrimmer
+from .metrics import MetricsMiddleware, ServiceMetrics
+from .routes import detect, docs, health, metrics, model, page
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+
+def create_app(settings: Settings | None = None, *, predict: PredictFn | None = None) -> FastAPI:
+    """The service for ``settings`` (default: from the environment). ``predict`` replaces the model's forward
+    pass in the batcher (tests use it to inject slow or failing batches); warm-up always uses the model."""
+    settings = settings if settings is not None else Settings()
+    app = FastAPI(
+        title="shufflenet-detect",
+        summary="Object detection with Faster R-CNN on a ShuffleNet backbone, batched for CPUs.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served by routes/docs.py, behind the API key like everything else
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics(settings.max_batch_size)
+    app.state.predict_override = predict
+    app.state.detector = None
+    app.state.batcher = None
+    app.state.ready = False
+
+    keyed = settings.api_key is not None
+    app.include_router(health.live)  # /healthz: never behind the key, so orchestrators can probe it
+    for router in (health.ready, detect.router, model.router, metrics.router, page.router, docs.router):
+        app.include_router(
+            router, dependencies=[Depends(require_api_key)] if keyed else [], responses=UNAUTHORIZED if keyed else None
+        )
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    # Every batch shape gets its own oneDNN kernels; the cache is sized by the process's first forward pass.
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(settings.kernel_cache)
+    torch.set_num_threads(settings.threads)
+    detector = await run_in_threadpool(load_checkpoint, settings.checkpoint)
+    app.state.detector = detector
+    app.state.model_info = await run_in_threadpool(model.describe, detector, settings.checkpoint)
+
+    inference = ThreadPoolExecutor(1, "inference", initializer=torch.set_num_threads, initargs=(settings.threads,))
+    app.state.decode_executor = ThreadPoolExecutor(settings.decode_workers, "decode")
+    service_metrics: ServiceMetrics = app.state.metrics
+    batcher = Batcher(
+        app.state.predict_override or detector.predict,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        queue_size=settings.queue_size,
+        on_batch=service_metrics.observe_batch,
+        on_idle=MemoryTrimmer(),
+        group_key=orientation,
+    )
+    batcher.start(inference)
+    service_metrics.track_queue(lambda: batcher.depth)
+    app.state.batcher = batcher
+    warm_up = asyncio.create_task(_warm_up(app, inference), name="warm-up")
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        await batcher.stop()  # finishes every image already accepted
+        await warm_up
+        inference.shutdown(wait=True)
+        app.state.decode_executor.shutdown(wait=True)
+
+
+def orientation(image: torch.Tensor) -> bool:
+    """True for landscape or square (3, H, W) images: the batches' grouping key."""
+    return image.shape[-2] <= image.shape[-1]
+
+
+async def _warm_up(app: FastAPI, inference: ThreadPoolExecutor) -> None:
+    """A few forward passes at the usual input size (first passes allocate and pick kernels), then ready."""
+    detector = app.state.detector
+    height, width = input_shape(detector.config)
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(app.state.settings.warmup_runs):
+            await loop.run_in_executor(inference, detector.predict, [torch.rand(3, height, width)])
+    except Exception:  # a model that cannot run one image must not report ready
+        log.exception("warm-up failed; /readyz stays 503")
+        return
+    app.state.ready = True

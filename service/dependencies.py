@@ -1,0 +1,64 @@
+"""Typed dependencies: the settings, the loaded model, the batcher and the API key check, all from ``app.state``."""
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+
+from detector import Detector
+
+from .batcher import Batcher
+from .settings import Settings
+
+REALM = "shufflenet-detect"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_detector(request: Request) -> Detector:
+    return request.app.state.detector
+
+
+DetectorDep = Annotated[Detector, Depends(get_detector)]
+
+
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
+_bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
+_basic = HTTPBasic(auto_error=False, realm=REALM, description="any user name, the API key as password (browsers)")
+
+
+def _digest(value: str) -> bytes:
+    # Hashing first makes the comparison take the same time whatever the lengths.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+async def require_api_key(
+    settings: SettingsDep,
+    header_key: Annotated[str | None, Security(_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    basic: Annotated[HTTPBasicCredentials | None, Security(_basic)],
+) -> None:
+    """401 unless the request carries the configured key (X-API-Key, Bearer token or Basic password)."""
+    if settings.api_key is None:
+        return
+    given = header_key or (bearer.credentials if bearer else None) or (basic.password if basic else None)
+    expected = _digest(settings.api_key.get_secret_value())
+    if given is None or not hmac.compare_digest(_digest(given), expected):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong API key: send it as the X-API-Key header",
+            headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
+        )

@@ -1,0 +1,222 @@
+"""POST /detect: images in (multipart ``files``/``file``, or one raw image body), detections out.
+
+Order of checks, cheapest first: queue full (503 at once), body size (413 while reading), content type (415),
+options (422), image count (413), every image's header and pixel count (400/413/415) before any is decoded.
+Decoding runs in the decode threads, inference in the batcher's thread; the event loop only routes.
+"""
+
+import asyncio
+import math
+import time
+from functools import partial
+from typing import Annotated, NoReturn
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from detector import Detector
+
+from ..batcher import Batcher, BatcherClosed, BatchFailed, Outcome, QueueFull, RequestTimeout
+from ..dependencies import BatcherDep, DetectorDep, SettingsDep
+from ..images import DecodedImage, ImageError, check_pixels, decode, read_header
+from ..schemas import Detection, DetectOptions, DetectResponse, Error, ImageResult, ModelRef, Timings
+from ..settings import Settings
+from ..upload import RAW_TYPES, read_upload
+
+router = APIRouter(tags=["detection"])
+_REASONS = {503: "queue_full", 504: "timeout", 400: "client_gone", 500: "batch_failed"}  # for service_rejected
+
+_BINARY = {"type": "string", "format": "binary", "minLength": 1}
+
+
+def _request_body() -> dict:
+    options = DetectOptions.model_json_schema()["properties"]
+    form = {
+        "type": "object",
+        "properties": {
+            "files": {
+                "type": "array",
+                "items": _BINARY,
+                "description": "images, in the order results come back",
+            },
+            "file": {**_BINARY, "description": "one image (an alternative to files)"},
+            **options,
+        },
+        "anyOf": [{"required": ["files"]}, {"required": ["file"]}],
+        "additionalProperties": False,
+        "description": "images and, optionally, options (a form field wins over the same query parameter)",
+    }
+    raw = {t: {"schema": {**_BINARY, "description": "one image as the whole body"}} for t in RAW_TYPES}
+    return {
+        "required": True,
+        "description": "JPEG, PNG, WebP or BMP images: as multipart 'files' (or 'file'), or one as the raw body",
+        "content": {"multipart/form-data": {"schema": form}, **raw},
+    }
+
+
+def _error(description: str) -> dict:
+    return {"model": Error, "description": description}
+
+
+@router.post(
+    "/detect",
+    response_model=DetectResponse,
+    summary="Detect objects in one or more images",
+    openapi_extra={"requestBody": _request_body()},
+    responses={
+        400: _error("empty body, not an image, or a corrupt or truncated image"),
+        413: _error("body, image or image count over the limit"),
+        415: _error("unsupported content type or image format"),
+        422: _error("bad option values"),
+        500: _error("the forward pass holding this request failed"),
+        503: _error("the queue is full or the service is shutting down; see Retry-After"),
+        504: _error("not processed within the request timeout"),
+    },
+)
+async def detect(
+    request: Request,
+    settings: SettingsDep,
+    detector: DetectorDep,
+    batcher: BatcherDep,
+    query: Annotated[DetectOptions, Query()],
+) -> DetectResponse:
+    start = time.perf_counter()
+    metrics = request.app.state.metrics
+    if batcher.depth >= batcher.queue_size:
+        metrics.rejected.labels("queue_full").inc()
+        _busy(batcher, "the queue is full")
+    upload = await read_upload(
+        request, max_body_bytes=settings.max_body_bytes, max_images=settings.max_images_per_request
+    )
+    options = _merge_options(query, upload.options, detector, settings)
+    if not upload.images:  # (too many is refused while reading the multipart body)
+        raise HTTPException(400, "no image: send images as multipart field 'files' (or 'file'), or one as the body")
+    for name, data in upload.images:  # every header before any decode: one bomb costs nothing
+        try:
+            check_pixels(read_header(data), settings.max_pixels)
+        except ImageError as exc:
+            raise HTTPException(exc.status_code, f"{name[:100]}: {exc}") from None
+    images = await _decode_all(request, upload.images, settings, detector)
+    decoded = time.perf_counter()
+    try:
+        outcome = await _infer(request, batcher, [image.tensor for image in images], settings)
+    except HTTPException as exc:
+        metrics.rejected.labels(_REASONS.get(exc.status_code, str(exc.status_code))).inc()
+        raise
+    results = [_result(result, image, options, detector) for result, image in zip(outcome.results, images, strict=True)]
+    return DetectResponse(
+        results=results,
+        model=ModelRef(
+            name=detector.config.name, backbone=detector.config.backbone, checkpoint=settings.checkpoint.name
+        ),
+        timings=Timings(
+            decode_ms=_ms(decoded - start),
+            queue_ms=_ms(outcome.queue_s),
+            inference_ms=_ms(outcome.inference_s),
+            total_ms=_ms(time.perf_counter() - start),
+            batch_sizes=outcome.batch_sizes,
+        ),
+    )
+
+
+def _merge_options(
+    query: DetectOptions, fields: dict[str, list[str]], detector: Detector, settings: Settings
+) -> DetectOptions:
+    """Query and form options together (a form field wins over the same query parameter); class names checked."""
+    given = {name: values if name == "classes" else values[-1] for name, values in fields.items()}
+    try:
+        options = DetectOptions.model_validate({**query.model_dump(exclude_unset=True), **given})
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("form", *e["loc"])} for e in exc.errors()]) from None
+    if options.classes:
+        known = set(detector.categories.names)
+        unknown = [name for name in options.classes if name not in known]
+        if unknown:
+            listed = ", ".join(sorted(known)[:100])
+            raise HTTPException(422, f"unknown classes {unknown}; this model knows: {listed}")
+    if options.score_threshold is None:
+        options.score_threshold = settings.score_threshold
+    return options
+
+
+async def _decode_all(request: Request, uploads: list[tuple[str, bytes]], settings: Settings, detector: Detector):
+    loop = asyncio.get_running_loop()
+    executor = request.app.state.decode_executor
+    work = partial(decode, max_pixels=settings.max_pixels, min_size=detector.config.min_size)
+    futures = [
+        loop.run_in_executor(executor, partial(work, data, max_size=detector.config.max_size)) for _, data in uploads
+    ]
+    images = await asyncio.gather(*futures, return_exceptions=True)
+    for (name, _), image in zip(uploads, images, strict=True):
+        if isinstance(image, ImageError):
+            raise HTTPException(image.status_code, f"{name[:100]}: {image}") from None
+        if isinstance(image, BaseException):
+            raise image
+    return images
+
+
+async def _infer(request: Request, batcher: Batcher, tensors, settings: Settings) -> Outcome:
+    """Run through the batcher; if the client goes away first, withdraw its images so nobody waits for them."""
+    work = asyncio.ensure_future(batcher.submit(tensors, timeout=settings.request_timeout_s))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, gone):
+            if not task.done():
+                task.cancel()
+    if not work.done() or work.cancelled():  # the client went first; work was cancelled above
+        await asyncio.gather(work, return_exceptions=True)
+        raise HTTPException(400, "the client disconnected before its results were ready")
+    try:
+        return work.result()
+    except QueueFull as exc:
+        _busy(batcher, str(exc))
+    except BatcherClosed as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+    except RequestTimeout as exc:
+        raise HTTPException(504, f"timed out: {exc}") from None
+    except BatchFailed as exc:
+        raise HTTPException(500, str(exc)) from None
+
+
+async def _disconnected(request: Request) -> None:
+    # After the body, the server's next message is the disconnect (or nothing until the response is sent).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _busy(batcher: Batcher, reason: str) -> NoReturn:
+    retry = max(1, math.ceil(batcher.depth / batcher.max_batch_size * 0.5))  # about half a second per batch
+    raise HTTPException(503, f"overloaded: {reason}; retry in {retry} s", headers={"Retry-After": str(retry)})
+
+
+def _result(result: dict, image: DecodedImage, options: DetectOptions, detector: Detector) -> ImageResult:
+    """Detections in the original image's pixels, filtered by score and class, best first."""
+    _, height, width = image.tensor.shape
+    sx, sy = image.width / width, image.height / height
+    boxes, labels, scores = result["boxes"].tolist(), result["labels"].tolist(), result["scores"].tolist()
+    wanted = set(options.classes) if options.classes else None
+    detections = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        if len(detections) >= options.max_detections or scores[i] < options.score_threshold:
+            break
+        name = detector.categories.name(labels[i])
+        if wanted is not None and name not in wanted:
+            continue
+        x1, y1, x2, y2 = boxes[i]
+        box = [
+            round(min(max(x1 * sx, 0.0), image.width), 2),
+            round(min(max(y1 * sy, 0.0), image.height), 2),
+            round(min(max(x2 * sx, 0.0), image.width), 2),
+            round(min(max(y2 * sy, 0.0), image.height), 2),
+        ]
+        detections.append(
+            Detection(label=name, category_id=detector.categories.category_id(labels[i]), score=scores[i], box=box)
+        )
+    return ImageResult(width=image.width, height=image.height, detections=detections)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

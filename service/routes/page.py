@@ -1,0 +1,20 @@
+"""GET /: a small page to try the model by hand (pick an image, see the boxes), and the bundled sample image."""
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, HTMLResponse
+
+router = APIRouter(include_in_schema=False)
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index() -> HTMLResponse:
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+@router.get("/sample.jpg")
+async def sample() -> FileResponse:
+    """A COCO photo with people in it (see static/SAMPLE_SOURCE.txt), for the page's "Try the sample" button."""
+    return FileResponse(STATIC / "sample.jpg", media_type="image/jpeg")

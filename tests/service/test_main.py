@@ -1,0 +1,58 @@
+"""``python -m service``: flags, environment variables, and settings checked before anything starts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import service.__main__ as main_module
+from service import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    calls = {}
+
+    def fake_run(app, **options):
+        calls["settings"] = app.state.settings
+        calls["options"] = options
+
+    monkeypatch.setattr(main_module.uvicorn, "run", fake_run)
+    for name in list(os.environ):
+        if name.startswith("SERVICE_"):
+            monkeypatch.delenv(name)
+    return calls
+
+
+def test_flags_override_the_environment(captured, monkeypatch, checkpoint):
+    monkeypatch.setenv("SERVICE_MAX_BATCH_SIZE", "3")
+    monkeypatch.setenv("SERVICE_MAX_WAIT_MS", "7")
+    monkeypatch.setenv("SERVICE_CHECKPOINT", str(checkpoint))
+    monkeypatch.setenv("SERVICE_API_KEY", "k")
+    assert main_module.main(["--max-batch-size", "2", "--port", "8123", "--cors-origins", "http://a,http://b"]) == 0
+    settings: Settings = captured["settings"]
+    assert (settings.max_batch_size, settings.max_wait_ms, settings.port) == (2, 7.0, 8123)
+    assert settings.checkpoint == checkpoint and settings.api_key.get_secret_value() == "k"
+    assert settings.cors_origins == ["http://a", "http://b"]
+    assert captured["options"]["host"] == "127.0.0.1" and captured["options"]["port"] == 8123
+
+
+def test_bad_settings_stop_before_serving(captured, capsys, checkpoint, tmp_path):
+    assert main_module.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err
+    assert main_module.main(["--checkpoint", str(checkpoint), "--max-batch-size", "0"]) == 2
+    assert "max_batch_size" in capsys.readouterr().err
+    assert main_module.main(["--checkpoint", str(checkpoint), "--queue-size", "2"]) == 2
+    assert "queue_size" in capsys.readouterr().err
+    assert "settings" not in captured
+
+
+def test_help_lists_options_and_environment_variables():
+    out = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0
+    assert "--max-batch-size" in out.stdout and "SERVICE_MAX_BATCH_SIZE" in out.stdout
+    assert "SERVICE_API_KEY" in out.stdout and "--api-key" not in out.stdout
