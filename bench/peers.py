@@ -1,0 +1,101 @@
+"""The CPU default against torchvision's mobile detectors, measured in one run on one machine.
+
+Every model gets the same COCO-sized images (480x640, resized by each model's own transform to short side
+320; the paper's 1x g=3 runs at its 600) with the same thread count. Rounds interleave the models so
+machine noise hits all of them alike; medians are reported. Random weights: speed does not depend on
+them, except that an untrained RPN keeps all of its proposals, which is the worst case for the RoI head.
+
+    python bench/peers.py [--threads 2] [--rounds 7] [--json]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, ssdlite320_mobilenet_v3_large
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector import CONFIGS, DEFAULT_CONFIG, Category, CategoryMap, Detector  # noqa: E402
+
+COCO = CategoryMap(Category(i + 1, f"class{i + 1}") for i in range(80))
+
+
+def build_models(default: str) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {
+        f"ours:{default}": Detector(CONFIGS[default], COCO).model,
+        "fasterrcnn_mobilenet_v3_large_320_fpn": fasterrcnn_mobilenet_v3_large_320_fpn(
+            weights=None, weights_backbone=None, num_classes=91
+        ),
+        "ssdlite320_mobilenet_v3_large": ssdlite320_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=91
+        ),
+        "ours:paper_1x_g3_600": Detector(CONFIGS["paper_1x_g3_600"], COCO).model,
+    }
+
+
+def time_once(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(images)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Images/s of the CPU default and its peers (see module doc).")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS), help="our model to compare")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model and batch size")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = {name: m.eval() for name, m in build_models(args.config).items()}
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for batch in args.batch_sizes:
+        images = [torch.rand(3, 480, 640, generator=gen) for _ in range(batch)]
+        for model in models.values():  # warm-up: allocator, kernels selection
+            time_once(model, images)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                times[name].append(time_once(model, images))
+        for name, samples in times.items():
+            median = statistics.median(samples)
+            rows.append({"model": name, "batch": batch, "median_s": median, "images_per_s": batch / median})
+    ours = f"ours:{args.config}"
+    rate = {(r["model"], r["batch"]): r["images_per_s"] for r in rows}
+    ratios = {
+        peer: {b: rate[(ours, b)] / rate[(peer, b)] for b in args.batch_sizes}
+        for peer in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
+    }
+    report = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "input": "480x640 images, each model's own resize (short side 320; paper config 600)",
+        "rows": rows,
+        "ratios": {peer: {str(b): round(r, 3) for b, r in by_batch.items()} for peer, by_batch in ratios.items()},
+        "ratio_vs_fasterrcnn_mobilenet_v3_large_320_fpn": round(
+            min(ratios["fasterrcnn_mobilenet_v3_large_320_fpn"].values()), 3
+        ),
+        "ratio_vs_ssdlite320_mobilenet_v3_large": round(min(ratios["ssdlite320_mobilenet_v3_large"].values()), 3),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"threads={args.threads} rounds={args.rounds} (medians)")
+    print(f"{'model':<40} {'batch':>5} {'ms/batch':>9} {'images/s':>9}")
+    for r in rows:
+        print(f"{r['model']:<40} {r['batch']:>5} {r['median_s'] * 1000:>9.1f} {r['images_per_s']:>9.2f}")
+    for peer, by_batch in ratios.items():
+        print(f"{ours} / {peer}: " + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
