@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format serve clean
+.PHONY: install test test-slow lint format serve demo-model chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,25 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
-# Slow checks (multi-process training, long fuzzing): run before resolving an issue.
-test-slow: $(STAMP)
+# Slow checks (multi-process training, fuzzing, the page in a real browser): run before resolving an issue.
+test-slow: $(STAMP) chromium
 	$(PY) -m pytest -m slow
+
+# The page tests drive Debian's headless Chromium.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ echo "installing Debian's chromium and chromium-driver for the page tests"; \
+		  apt-get install -y chromium chromium-driver; }
+
+# The service on http://127.0.0.1:8000 with the bundled demo checkpoint (models/demo.pt).
+serve: $(STAMP)
+	$(PY) -m service
+
+# Retrain the bundled demo checkpoint on the synthetic set (about 80 minutes on 2 CPU cores).
+demo-model: $(STAMP)
+	$(PY) -m detector.train --config edge --epochs 9 --batch-size 8 --lr 0.02 --warmup-iters 200 \
+		--schedule cosine --eval-every 3 --workers 1 --output-dir runs/demo
+	cp runs/demo/final.pt models/demo.pt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

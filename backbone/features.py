@@ -18,12 +18,19 @@ class FeatureInfo:
 
 
 class FeatureBackbone(nn.Module):
-    """Mixin-style base: subclasses set ``feature_info`` and implement ``forward_features``."""
+    """Mixin-style base: subclasses set ``feature_info`` and may override ``forward_features``."""
 
     feature_info: list[FeatureInfo]
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """The stage outputs; by default for the ShuffleNet layout: ``conv1``, ``maxpool``, then the stages
+        named in ``feature_info``, in order. A family with another stem overrides this."""
+        x = self.maxpool(self.conv1(x))
+        outputs = []
+        for info in self.feature_info:
+            x = getattr(self, info.name)(x)
+            outputs.append(x)
+        return outputs
 
     @property
     def feature_channels(self) -> list[int]:

@@ -160,13 +160,6 @@ class ShuffleNetV1(FeatureBackbone):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.conv1(x))
-        c3 = self.stage2(x)
-        c4 = self.stage3(c3)
-        c5 = self.stage4(c4)
-        return [c3, c4, c5]
-
     def forward(self, x: Tensor) -> Tensor:
         if self.fc is None:
             raise RuntimeError("this ShuffleNetV1 was built without a classifier (num_classes=0)")

@@ -30,13 +30,6 @@ class ShuffleNetV2(_TorchvisionShuffleNetV2, FeatureBackbone):
         if not num_classes:
             self.remove_classifier()
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.conv1(x))
-        c3 = self.stage2(x)
-        c4 = self.stage3(c3)
-        c5 = self.stage4(c4)
-        return [c3, c4, c5]
-
     def forward(self, x: Tensor) -> Tensor:
         if self.fc is None:
             raise RuntimeError("this ShuffleNetV2 was built without a classifier (num_classes=0)")

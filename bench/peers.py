@@ -5,7 +5,7 @@ Every model gets the same COCO-sized images (480x640, resized by each model's ow
 machine noise hits all of them alike; medians are reported. Random weights: speed does not depend on
 them, except that an untrained RPN keeps all of its proposals, which is the worst case for the RoI head.
 
-    python bench/peers.py [--threads 2] [--rounds 7] [--json]
+    python bench/peers.py [--threads 2] [--rounds 7] [--json] [--variant 'neck_channels=64;box_head_width=128']
 """
 
 import argparse
@@ -19,15 +19,37 @@ import torch
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, ssdlite320_mobilenet_v3_large
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector import CONFIGS, DEFAULT_CONFIG, Category, CategoryMap, Detector  # noqa: E402
+from detector import CONFIGS, DEFAULT_CONFIG, Category, CategoryMap, Detector, get_config  # noqa: E402
 
 COCO = CategoryMap(Category(i + 1, f"class{i + 1}") for i in range(80))
 
 
-def build_models(default: str) -> dict[str, torch.nn.Module]:
+def parse_variant(text: str) -> dict:
+    """``FIELD=JSON;FIELD=JSON`` -> overrides of our config, e.g. ``neck_channels=64;box_head_width=128``."""
+    overrides = {}
+    for item in filter(None, text.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--variant takes FIELD=VALUE;..., got {text!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value  # a bare string such as a backbone name
+    return overrides
+
+
+def build_models(default: str, variants: list[dict]) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
+    # Variants of our config are timed in the same rounds: how the default was chosen (README).
+    variant_models = {
+        "variant:" + ";".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()): Detector(
+            get_config(default, **overrides), COCO
+        ).model
+        for overrides in variants
+    }
     return {
         f"ours:{default}": Detector(CONFIGS[default], COCO).model,
+        **variant_models,
         "fasterrcnn_mobilenet_v3_large_320_fpn": fasterrcnn_mobilenet_v3_large_320_fpn(
             weights=None, weights_backbone=None, num_classes=91
         ),
@@ -52,9 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model and batch size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="FIELD=JSON;...",
+        help="also time our config with these fields changed (repeatable)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = {name: m.eval() for name, m in build_models(args.config).items()}
+    try:
+        models = {name: m.eval() for name, m in build_models(args.config, args.variant).items()}
+    except ValueError as exc:  # an unknown field or a value that does not build
+        parser.error(str(exc))
     gen = torch.Generator().manual_seed(0)
     rows = []
     for batch in args.batch_sizes:
@@ -89,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"threads={args.threads} rounds={args.rounds} (medians)")
-    print(f"{'model':<40} {'batch':>5} {'ms/batch':>9} {'images/s':>9}")
+    width = max(40, *(len(r["model"]) for r in rows))
+    print(f"{'model':<{width}} {'batch':>5} {'ms/batch':>9} {'images/s':>9}")
     for r in rows:
-        print(f"{r['model']:<40} {r['batch']:>5} {r['median_s'] * 1000:>9.1f} {r['images_per_s']:>9.2f}")
+        print(f"{r['model']:<{width}} {r['batch']:>5} {r['median_s'] * 1000:>9.1f} {r['images_per_s']:>9.2f}")
     for peer, by_batch in ratios.items():
         print(f"{ours} / {peer}: " + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
     return 0

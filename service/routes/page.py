@@ -16,5 +16,5 @@ async def index() -> HTMLResponse:
 
 @router.get("/sample.jpg")
 async def sample() -> FileResponse:
-    """A COCO photo with people in it (see static/SAMPLE_SOURCE.txt), for the page's "Try the sample" button."""
+    """A synthetic image of the demo classes (see static/SAMPLE_SOURCE.txt), for the page's "Try the sample" button."""
     return FileResponse(STATIC / "sample.jpg", media_type="image/jpeg")
