@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model and batch size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--nchw", action="store_true", help="time every model in NCHW instead of channels_last")
+    parser.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the slow paper config")
     parser.add_argument(
         "--variant",
         type=parse_variant,
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         models = {name: m.eval() for name, m in build_models(args.config, args.variant).items()}
     except ValueError as exc:  # an unknown field or a value that does not build
         parser.error(str(exc))
+    if not args.paper:
+        del models["ours:paper_1x_g3_600"]
+    if not args.nchw:  # every model in the layout our checkpoints are served in (Detector.channels_last)
+        models = {name: m.to(memory_format=torch.channels_last) for name, m in models.items()}
     gen = torch.Generator().manual_seed(0)
     rows = []
     for batch in args.batch_sizes:
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = {
         "threads": args.threads,
+        "layout": "NCHW" if args.nchw else "channels_last",
         "rounds": args.rounds,
         "input": "480x640 images, each model's own resize (short side 320; paper config 600)",
         "rows": rows,
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"threads={args.threads} rounds={args.rounds} (medians)")
+    print(f"threads={args.threads} rounds={args.rounds} layout={report['layout']} (medians)")
     width = max(40, *(len(r["model"]) for r in rows))
     print(f"{'model':<{width}} {'batch':>5} {'ms/batch':>9} {'images/s':>9}")
     for r in rows:

@@ -94,4 +94,5 @@ def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | torc
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{path}: weights do not fit its configuration: {' '.join(first[:3])}") from exc
-    return detector.to(device).eval()
+    detector = detector.to(device).eval()
+    return detector.channels_last() if torch.device(device).type == "cpu" else detector

@@ -3,7 +3,8 @@
 With no dataset arguments it trains on the embedded synthetic set. Every epoch it writes ``last.pt`` (the
 checkpoint plus optimizer, schedule, epoch and RNG state, so ``--resume`` continues where it stopped, with
 ``--workers 0`` bit for bit) and appends to ``log.jsonl``; every ``--eval-every`` epochs it scores the
-validation set with the evaluation code; at the end it writes ``final.pt`` (weights, config, categories, provenance with the last metrics; no optimizer).
+validation set with the evaluation code; at the end it writes ``final.pt`` (weights, config, categories,
+provenance with the last metrics; no optimizer).
 """
 
 import argparse

@@ -36,7 +36,8 @@ def test_round_trip_rebuilds_the_same_detector(saved):
     for key, value in original.model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value), key
     image = torch.rand(3, 100, 140, generator=torch.Generator().manual_seed(1))
-    expected, actual = original.predict([image])[0], loaded.predict([image])[0]
+    # A CPU checkpoint is loaded in channels-last layout (faster, and it changes rounding): compare like for like.
+    expected, actual = original.channels_last().predict([image])[0], loaded.predict([image])[0]
     assert len(actual["boxes"]) > 0
     for key in ("boxes", "labels", "scores"):
         assert torch.equal(expected[key], actual[key]), key
@@ -70,7 +71,7 @@ def test_a_foreign_torch_file_is_refused(tmp_path):
 def test_weights_that_do_not_fit_the_config_are_refused(saved, tmp_path):
     _, path = saved
     payload = read_checkpoint(path)
-    payload["config"]["neck_channels"] = 64  # the stored weights are for 96
+    payload["config"]["neck_channels"] += 32  # the stored weights are for the config's own width
     mismatched = tmp_path / "mismatched.pt"
     torch.save(payload, mismatched)
     with pytest.raises(CheckpointError, match="weights do not fit its configuration") as info:
