@@ -40,7 +40,7 @@ chromium:
 serve: $(STAMP)
 	$(PY) -m service
 
-# Retrain the bundled demo checkpoint on the synthetic set (about 80 minutes on 2 CPU cores).
+# Retrain the bundled demo checkpoint on the synthetic set (about 45 minutes on 2 CPU cores).
 demo-model: $(STAMP)
 	$(PY) -m detector.train --config edge --epochs 9 --batch-size 8 --lr 0.02 --warmup-iters 200 \
 		--schedule cosine --eval-every 3 --workers 1 --output-dir runs/demo
