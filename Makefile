@@ -40,11 +40,13 @@ chromium:
 serve: $(STAMP)
 	$(PY) -m service
 
-# Retrain the bundled demo checkpoint on the synthetic set (about 45 minutes on 2 CPU cores).
+# Retrain the bundled demo checkpoint on the synthetic set (about 45 minutes on 2 CPU cores), and export it to
+# ONNX for the edge image (models/demo.onnx; the export checks that it detects what the checkpoint does).
 demo-model: $(STAMP)
 	$(PY) -m detector.train --config edge --epochs 9 --batch-size 8 --lr 0.02 --warmup-iters 200 \
 		--schedule cosine --eval-every 3 --workers 1 --output-dir runs/demo
 	cp runs/demo/final.pt models/demo.pt
+	$(PY) -m detector.export --checkpoint models/demo.pt --output models/demo.onnx
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,8 +2,9 @@
 
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -51,17 +52,23 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, ign
     model.load_state_dict(state, strict=strict)
 
 
-def atomic_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other users (a container's app user)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))

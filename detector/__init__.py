@@ -1,23 +1,38 @@
-"""Faster R-CNN detectors on ShuffleNet backbones: configurations, model, checkpoints, data and training."""
+"""Faster R-CNN detectors on ShuffleNet backbones: configurations, model, checkpoints, data and training.
+
+Categories and configurations are plain Python; everything else needs torch and is imported on first use, so
+that the torch-free ONNX Runtime engine (``runtime/``) can read a model's configuration and categories.
+"""
+
+import importlib
 
 from .categories import Category, CategoryMap
-from .checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import CONFIGS, DEFAULT_CONFIG, DetectorConfig, get_config
-from .model import BackboneWithFPN, Detector, build_detector
+from .config import CONFIGS, DEFAULT_CHECKPOINT, DEFAULT_CONFIG, DetectorConfig, get_config
+
+_NEEDS_TORCH = {
+    "CheckpointError": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "read_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "BackboneWithFPN": ".model",
+    "Detector": ".model",
+    "build_detector": ".model",
+}
+
+
+def __getattr__(name: str):
+    if name in _NEEDS_TORCH:
+        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONFIGS",
     "DEFAULT_CHECKPOINT",
     "DEFAULT_CONFIG",
-    "BackboneWithFPN",
     "Category",
     "CategoryMap",
-    "CheckpointError",
-    "Detector",
     "DetectorConfig",
-    "build_detector",
     "get_config",
-    "load_checkpoint",
-    "read_checkpoint",
-    "save_checkpoint",
+    *_NEEDS_TORCH,
 ]

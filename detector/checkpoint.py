@@ -13,12 +13,11 @@ import torch
 from backbone.weights import atomic_save
 
 from .categories import CategoryMap
-from .config import DetectorConfig
+from .config import DEFAULT_CHECKPOINT, DetectorConfig
 from .model import Detector
 
 FORMAT = "shufflenet-detect/checkpoint-v1"
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO / "models" / "demo.pt"
 
 
 class CheckpointError(ValueError):

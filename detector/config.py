@@ -5,6 +5,10 @@ may override a field through ``get_config(name, **overrides)``, and nothing else
 """
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+# The bundled demo model (trained on CONFIGS["edge"] by `make demo-model`), used when no checkpoint is given.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "demo.pt"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,9 +1,9 @@
 """The FastAPI app: ``create_app(settings)`` wires the routers; the lifespan loads the model and runs the batcher.
 
-Start-up loads the checkpoint (a bad one stops the server with its message), measures the model's cost for
-/v1/model, starts the batcher and warms the model up in the background; /readyz answers 503 until warm-up is
-done (requests sent meanwhile simply queue behind it). Shutdown (SIGTERM: uvicorn first stops accepting and
-finishes open requests) drains the batcher before the inference thread stops.
+Start-up loads the model into its engine (PyTorch for a .pt checkpoint, ONNX Runtime for a .onnx export; a bad
+file stops the server with its message), starts the batcher and warms the model up in the background; /readyz
+answers 503 until warm-up is done (requests sent meanwhile simply queue behind it). Shutdown (SIGTERM: uvicorn
+first stops accepting and finishes open requests) drains the batcher before the inference thread stops.
 """
 
 import asyncio
@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-import torch
+import numpy as np
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from detector import load_checkpoint
-from detector.complexity import input_shape
+from runtime import load_engine
 
 from .batcher import Batcher, PredictFn
 from .dependencies import require_api_key
@@ -33,8 +32,8 @@ log = logging.getLogger("service")
 
 
 def create_app(settings: Settings | None = None, *, predict: PredictFn | None = None) -> FastAPI:
-    """The service for ``settings`` (default: from the environment). ``predict`` replaces the model's forward
-    pass in the batcher (tests use it to inject slow or failing batches); warm-up always uses the model."""
+    """The service for ``settings`` (default: from the environment). ``predict`` replaces the engine's forward
+    pass in the batcher (tests use it to inject slow or failing batches); warm-up always uses the engine."""
     settings = settings if settings is not None else Settings()
     app = FastAPI(
         title="shufflenet-detect",
@@ -48,7 +47,7 @@ def create_app(settings: Settings | None = None, *, predict: PredictFn | None = 
     app.state.settings = settings
     app.state.metrics = ServiceMetrics(settings.max_batch_size)
     app.state.predict_override = predict
-    app.state.detector = None
+    app.state.engine = None
     app.state.batcher = None
     app.state.ready = False
 
@@ -73,18 +72,17 @@ def create_app(settings: Settings | None = None, *, predict: PredictFn | None = 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    # Every batch shape gets its own oneDNN kernels; the cache is sized by the process's first forward pass.
+    # PyTorch: every batch shape gets its own oneDNN kernels; the cache is sized by the process's first forward pass.
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(settings.kernel_cache)
-    torch.set_num_threads(settings.threads)
-    detector = await run_in_threadpool(load_checkpoint, settings.checkpoint)
-    app.state.detector = detector
-    app.state.model_info = await run_in_threadpool(model.describe, detector, settings.checkpoint)
+    engine = await run_in_threadpool(load_engine, settings.checkpoint, settings.engine, threads=settings.threads)
+    app.state.engine = engine
+    app.state.model_info = model.describe(engine, settings.checkpoint)
 
-    inference = ThreadPoolExecutor(1, "inference", initializer=torch.set_num_threads, initargs=(settings.threads,))
+    inference = ThreadPoolExecutor(1, "inference")
     app.state.decode_executor = ThreadPoolExecutor(settings.decode_workers, "decode")
     service_metrics: ServiceMetrics = app.state.metrics
     batcher = Batcher(
-        app.state.predict_override or detector.predict,
+        app.state.predict_override or engine.predict,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
@@ -104,21 +102,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await warm_up
         inference.shutdown(wait=True)
         app.state.decode_executor.shutdown(wait=True)
+        engine.close()
 
 
-def orientation(image: torch.Tensor) -> bool:
+def orientation(image: np.ndarray) -> bool:
     """True for landscape or square (3, H, W) images: the batches' grouping key."""
     return image.shape[-2] <= image.shape[-1]
 
 
 async def _warm_up(app: FastAPI, inference: ThreadPoolExecutor) -> None:
     """A few forward passes at the usual input size (first passes allocate and pick kernels), then ready."""
-    detector = app.state.detector
-    height, width = input_shape(detector.config)
+    engine = app.state.engine
+    height, width = engine.card.cost["input_size"]
+    image = np.random.default_rng(0).random((3, height, width), dtype=np.float32)
     loop = asyncio.get_running_loop()
     try:
         for _ in range(app.state.settings.warmup_runs):
-            await loop.run_in_executor(inference, detector.predict, [torch.rand(3, height, width)])
+            await loop.run_in_executor(inference, engine.predict, [image])
     except Exception:  # a model that cannot run one image must not report ready
         log.exception("warm-up failed; /readyz stays 503")
         return

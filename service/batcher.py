@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
+import numpy as np
 
-PredictFn = Callable[[list[Tensor]], Sequence[Any]]
+PredictFn = Callable[[list[np.ndarray]], Sequence[Any]]
 
 
 class QueueFull(Exception):
@@ -45,7 +45,7 @@ class RequestTimeout(Exception):
 
 @dataclass(eq=False)
 class _Job:
-    image: Tensor
+    image: np.ndarray
     future: asyncio.Future
     enqueued: float  # time.monotonic()
     key: Hashable = None
@@ -76,7 +76,7 @@ class Batcher:
         on_batch: Callable[[int, float, bool], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         idle_after_s: float = 1.0,
-        group_key: Callable[[Tensor], Hashable] | None = None,
+        group_key: Callable[[np.ndarray], Hashable] | None = None,
     ) -> None:
         """``queue_size`` counts images; ``on_batch(size, seconds, failed)`` hears of every forward pass;
         ``on_idle()`` runs in the inference thread once nothing has arrived for ``idle_after_s`` after a batch."""
@@ -125,7 +125,7 @@ class Batcher:
         if self._owns_executor and self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def submit(self, images: Sequence[Tensor], *, timeout: float) -> Outcome:
+    async def submit(self, images: Sequence[np.ndarray], *, timeout: float) -> Outcome:
         """Queue ``images`` as one request and wait for all their results (QueueFull, BatcherClosed,
         BatchFailed, RequestTimeout). Cancelling the caller withdraws whatever has not started yet."""
         if self._closing or not self.running:
@@ -237,7 +237,7 @@ class Batcher:
             else:
                 job.future.set_result(results[i])
 
-    def _predict(self, images: list[Tensor]) -> Sequence[Any]:
+    def _predict(self, images: list[np.ndarray]) -> Sequence[Any]:
         results = self.predict(images)
         if len(results) != len(images):
             raise RuntimeError(f"predict returned {len(results)} results for {len(images)} images")

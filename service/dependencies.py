@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
-from detector import Detector
+from runtime import Engine
 
 from .batcher import Batcher
 from .settings import Settings
@@ -22,11 +22,11 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_detector(request: Request) -> Detector:
-    return request.app.state.detector
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
 
 
-DetectorDep = Annotated[Detector, Depends(get_detector)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def get_batcher(request: Request) -> Batcher:

@@ -1,4 +1,4 @@
-"""Image bytes -> a model-ready tensor, with the size checked from the file header before anything is decoded.
+"""Image bytes -> a model-ready array, with the size checked from the file header before anything is decoded.
 
 ``read_header`` parses the few bytes of a JPEG, PNG, WebP or BMP header that give its dimensions, so an image
 over the pixel limit (a decompression bomb) is refused before OpenCV allocates its bitmap. ``decode`` then
@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
 
 SUPPORTED = ("JPEG", "PNG", "WebP", "BMP")
 # Formats we recognise only to say that they are not supported.
@@ -31,7 +29,7 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}  # markers without a length field
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
-cv2.setNumThreads(1)  # decoding runs in our own threads; OpenCV's pool would fight torch's for the cores
+cv2.setNumThreads(1)  # decoding runs in our own threads; OpenCV's pool would fight inference's for the cores
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we report bad images ourselves
 
 
@@ -52,7 +50,7 @@ class ImageHeader:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    tensor: Tensor  # (3, h, w) float32 RGB in 0..1, at most the detector's input size
+    array: np.ndarray  # (3, h, w) float32 RGB in 0..1, at most the detector's input size
     width: int  # the original image as displayed (EXIF orientation applied), in pixels
     height: int
 
@@ -119,10 +117,9 @@ def decode(data: bytes, *, max_pixels: int, min_size: int, max_size: int) -> Dec
     target = (round(width * scale), round(height * scale))
     if scale < 1 and (array.shape[1], array.shape[0]) != target:
         array = cv2.resize(array, target, interpolation=cv2.INTER_LINEAR)
-    # NumPy, not torch: a torch op here would start an OpenMP team in this thread, competing with inference's.
     chw = array.transpose(2, 0, 1).astype(np.float32)
     np.divide(chw, np.float32(divisor), out=chw)
-    return DecodedImage(torch.from_numpy(chw), width, height)
+    return DecodedImage(chw, width, height)
 
 
 def _displayed_size(header: ImageHeader, decoded_w: int, decoded_h: int) -> tuple[int, int]:

@@ -51,7 +51,8 @@ class ImageResult(BaseModel):
 class ModelRef(BaseModel):
     name: str = Field(description="detector configuration name")
     backbone: str
-    checkpoint: str = Field(description="checkpoint file name")
+    checkpoint: str = Field(description="model file name")
+    engine: Literal["torch", "onnxruntime"] = Field(description="the inference engine running it")
 
 
 class Timings(BaseModel):
@@ -88,7 +89,8 @@ class ModelInfo(BaseModel):
     min_size: int = Field(description="short side the detector resizes images to")
     max_size: int = Field(description="long side limit")
     cost: Cost
-    checkpoint: str
+    checkpoint: str = Field(description="model file name")
+    engine: Literal["torch", "onnxruntime"]
     provenance: dict[str, Any]
 
 

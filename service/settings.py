@@ -11,16 +11,18 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from detector import DEFAULT_CHECKPOINT
+from detector.config import DEFAULT_CHECKPOINT
+from runtime import EngineName
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="forbid", validate_default=True)
 
-    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the detector checkpoint to serve")
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the model to serve: a .pt checkpoint or its .onnx export")
+    engine: EngineName = Field("auto", description="torch, onnxruntime, or auto (onnxruntime for .onnx files)")
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 to serve other machines")
     port: int = Field(8000, ge=1, le=65535)
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="torch threads")
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="inference threads")
     decode_workers: int = Field(2, ge=1, le=64, description="images decoded at once (each holds a full bitmap)")
     max_batch_size: int = Field(4, ge=1, le=256, description="images per forward pass")
     max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="how long a batch waits for more images")

@@ -15,10 +15,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from detector import Detector
+from runtime import Detections, ModelCard
 
 from ..batcher import Batcher, BatcherClosed, BatchFailed, Outcome, QueueFull, RequestTimeout
-from ..dependencies import BatcherDep, DetectorDep, SettingsDep
+from ..dependencies import BatcherDep, EngineDep, SettingsDep
 from ..images import DecodedImage, ImageError, check_pixels, decode, read_header
 from ..schemas import Detection, DetectOptions, DetectResponse, Error, ImageResult, ModelRef, Timings
 from ..settings import Settings
@@ -77,7 +77,7 @@ def _error(description: str) -> dict:
 async def detect(
     request: Request,
     settings: SettingsDep,
-    detector: DetectorDep,
+    engine: EngineDep,
     batcher: BatcherDep,
     query: Annotated[DetectOptions, Query()],
 ) -> DetectResponse:
@@ -89,7 +89,7 @@ async def detect(
     upload = await read_upload(
         request, max_body_bytes=settings.max_body_bytes, max_images=settings.max_images_per_request
     )
-    options = _merge_options(query, upload.options, detector, settings)
+    options = _merge_options(query, upload.options, engine.card, settings)
     if not upload.images:  # (too many is refused while reading the multipart body)
         raise HTTPException(400, "no image: send images as multipart field 'files' (or 'file'), or one as the body")
     for name, data in upload.images:  # every header before any decode: one bomb costs nothing
@@ -97,18 +97,23 @@ async def detect(
             check_pixels(read_header(data), settings.max_pixels)
         except ImageError as exc:
             raise HTTPException(exc.status_code, f"{name[:100]}: {exc}") from None
-    images = await _decode_all(request, upload.images, settings, detector)
+    images = await _decode_all(request, upload.images, settings, engine.card)
     decoded = time.perf_counter()
     try:
-        outcome = await _infer(request, batcher, [image.tensor for image in images], settings)
+        outcome = await _infer(request, batcher, [image.array for image in images], settings)
     except HTTPException as exc:
         metrics.rejected.labels(_REASONS.get(exc.status_code, str(exc.status_code))).inc()
         raise
-    results = [_result(result, image, options, detector) for result, image in zip(outcome.results, images, strict=True)]
+    results = [
+        _result(result, image, options, engine.card) for result, image in zip(outcome.results, images, strict=True)
+    ]
     return DetectResponse(
         results=results,
         model=ModelRef(
-            name=detector.config.name, backbone=detector.config.backbone, checkpoint=settings.checkpoint.name
+            name=engine.card.config.name,
+            backbone=engine.card.config.backbone,
+            checkpoint=settings.checkpoint.name,
+            engine=engine.name,
         ),
         timings=Timings(
             decode_ms=_ms(decoded - start),
@@ -121,7 +126,7 @@ async def detect(
 
 
 def _merge_options(
-    query: DetectOptions, fields: dict[str, list[str]], detector: Detector, settings: Settings
+    query: DetectOptions, fields: dict[str, list[str]], card: ModelCard, settings: Settings
 ) -> DetectOptions:
     """Query and form options together (a form field wins over the same query parameter); class names checked."""
     given = {name: values if name == "classes" else values[-1] for name, values in fields.items()}
@@ -130,7 +135,7 @@ def _merge_options(
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("form", *e["loc"])} for e in exc.errors()]) from None
     if options.classes:
-        known = set(detector.categories.names)
+        known = set(card.categories.names)
         unknown = [name for name in options.classes if name not in known]
         if unknown:
             listed = ", ".join(sorted(known)[:100])
@@ -140,12 +145,12 @@ def _merge_options(
     return options
 
 
-async def _decode_all(request: Request, uploads: list[tuple[str, bytes]], settings: Settings, detector: Detector):
+async def _decode_all(request: Request, uploads: list[tuple[str, bytes]], settings: Settings, card: ModelCard):
     loop = asyncio.get_running_loop()
     executor = request.app.state.decode_executor
-    work = partial(decode, max_pixels=settings.max_pixels, min_size=detector.config.min_size)
+    work = partial(decode, max_pixels=settings.max_pixels, min_size=card.config.min_size)
     futures = [
-        loop.run_in_executor(executor, partial(work, data, max_size=detector.config.max_size)) for _, data in uploads
+        loop.run_in_executor(executor, partial(work, data, max_size=card.config.max_size)) for _, data in uploads
     ]
     images = await asyncio.gather(*futures, return_exceptions=True)
     for (name, _), image in zip(uploads, images, strict=True):
@@ -192,17 +197,17 @@ def _busy(batcher: Batcher, reason: str) -> NoReturn:
     raise HTTPException(503, f"overloaded: {reason}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
 
-def _result(result: dict, image: DecodedImage, options: DetectOptions, detector: Detector) -> ImageResult:
+def _result(result: Detections, image: DecodedImage, options: DetectOptions, card: ModelCard) -> ImageResult:
     """Detections in the original image's pixels, filtered by score and class, best first."""
-    _, height, width = image.tensor.shape
+    _, height, width = image.array.shape
     sx, sy = image.width / width, image.height / height
-    boxes, labels, scores = result["boxes"].tolist(), result["labels"].tolist(), result["scores"].tolist()
+    boxes, labels, scores = result.boxes.tolist(), result.labels.tolist(), result.scores.tolist()
     wanted = set(options.classes) if options.classes else None
     detections = []
     for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
         if len(detections) >= options.max_detections or scores[i] < options.score_threshold:
             break
-        name = detector.categories.name(labels[i])
+        name = card.categories.name(labels[i])
         if wanted is not None and name not in wanted:
             continue
         x1, y1, x2, y2 = boxes[i]
@@ -213,7 +218,7 @@ def _result(result: dict, image: DecodedImage, options: DetectOptions, detector:
             round(min(max(y2 * sy, 0.0), image.height), 2),
         ]
         detections.append(
-            Detection(label=name, category_id=detector.categories.category_id(labels[i]), score=scores[i], box=box)
+            Detection(label=name, category_id=card.categories.category_id(labels[i]), score=scores[i], box=box)
         )
     return ImageResult(width=image.width, height=image.height, detections=detections)
 

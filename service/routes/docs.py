@@ -17,7 +17,7 @@ def openapi_schema(app: FastAPI) -> dict:
     """FastAPI's schema with the model's class names as the allowed values of the ``classes`` option."""
     if getattr(app.state, "openapi_schema", None) is None:
         schema = copy.deepcopy(app.openapi())
-        names = sorted(app.state.detector.categories.names)
+        names = sorted(app.state.engine.card.categories.names)
         detect = schema["paths"]["/detect"]["post"]
         form = detect["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
         for option in [p["schema"] for p in detect.get("parameters", [])] + [form[name] for name in OPTIONS]:

@@ -12,11 +12,13 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
 from detector import CategoryMap, Detector, get_config, save_checkpoint
 from detector.categories import Category
+from runtime import Detections
 from service import Settings, create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,19 +57,19 @@ async def serving(app, **client_options):
 
 
 class FakeModel:
-    """A stand-in predict: one box per image derived from the tensor itself, so results show whose they are.
+    """A stand-in predict: one box per image derived from the image itself, so results show whose they are.
 
     The box covers the middle half of the (resized) image; the score is the image's mean value. ``fail_if``
     makes a batch raise when it holds an image for which it returns True; ``delay`` slows every batch.
     """
 
-    def __init__(self, *, delay: float = 0.0, fail_if: Callable[[torch.Tensor], bool] | None = None) -> None:
+    def __init__(self, *, delay: float = 0.0, fail_if: Callable[[np.ndarray], bool] | None = None) -> None:
         self.delay = delay
         self.fail_if = fail_if
         self.batch_sizes: list[int] = []
         self.lock = threading.Lock()
 
-    def __call__(self, images: list[torch.Tensor]) -> list[dict]:
+    def __call__(self, images: list[np.ndarray]) -> list[Detections]:
         with self.lock:
             self.batch_sizes.append(len(images))
         if self.delay:
@@ -77,13 +79,8 @@ class FakeModel:
         results = []
         for image in images:
             _, h, w = image.shape
-            results.append(
-                {
-                    "boxes": torch.tensor([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]]),
-                    "labels": torch.tensor([1]),
-                    "scores": torch.tensor([float(image.mean())]),
-                }
-            )
+            box = np.array([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], np.float32)
+            results.append(Detections(box, np.array([1]), np.array([image.mean()], np.float32)))
         return results
 
 
@@ -115,11 +112,14 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(checkpoint: Path, tmp_path: Path, *args: str, env: dict | None = None) -> Iterator[LiveServer]:
-    """``python -m service`` on a free port of 127.0.0.1; waits until ready, stops it (SIGTERM, then kill)."""
+def live_server(
+    checkpoint: Path, tmp_path: Path, *args: str, env: dict | None = None, launcher: list[str] | None = None
+) -> Iterator[LiveServer]:
+    """``python -m service`` (or ``launcher``) on a free port of 127.0.0.1; waits until ready, then stops it
+    (SIGTERM, then kill)."""
     port = free_port()
     log = tmp_path / f"server-{port}.log"
-    command = [sys.executable, "-m", "service", "--checkpoint", str(checkpoint), "--port", str(port)]
+    command = [*(launcher or [sys.executable, "-m", "service"]), "--checkpoint", str(checkpoint), "--port", str(port)]
     command += ["--threads", "1", "--warmup-runs", "1", "--no-access-log", *args]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")}
     environment.update(env or {})

@@ -3,19 +3,19 @@
 import asyncio
 import time
 
+import numpy as np
 import pytest
-import torch
 
 from service.batcher import Batcher, BatcherClosed, BatchFailed, QueueFull, RequestTimeout
 
 pytestmark = pytest.mark.anyio
 
 
-def images(n: int, value: float = 0.0) -> list[torch.Tensor]:
-    return [torch.full((3, 4, 4), value + i) for i in range(n)]
+def images(n: int, value: float = 0.0) -> list[np.ndarray]:
+    return [np.full((3, 4, 4), value + i, np.float32) for i in range(n)]
 
 
-def echo(batch: list[torch.Tensor]) -> list[float]:
+def echo(batch: list[np.ndarray]) -> list[float]:
     return [float(image[0, 0, 0]) for image in batch]
 
 

@@ -49,7 +49,8 @@ async def test_raw_jpeg_body(api, jpeg):
     assert len(body["results"]) == 1
     check_result(body["results"][0], 640, 480)
     assert body["results"][0]["detections"], "random weights at threshold 0 still give boxes"
-    assert body["model"] == {"name": "edge", "backbone": "shufflenet_v2_x0_5", "checkpoint": "random-edge.pt"}
+    model = {"name": "edge", "backbone": "shufflenet_v2_x0_5", "checkpoint": "random-edge.pt", "engine": "torch"}
+    assert body["model"] == model
     timings = body["timings"]
     assert timings["inference_ms"] > 0 and timings["total_ms"] >= timings["queue_ms"] and timings["batch_sizes"] == [1]
 

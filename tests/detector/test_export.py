@@ -1,0 +1,57 @@
+"""``python -m detector.export``: a checkpoint becomes an ONNX file that detects the same and describes itself."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector import CategoryMap, Detector, get_config, save_checkpoint
+from detector.categories import Category
+from detector.export import compare_engines, export_onnx
+from runtime import load_engine
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "detector.export", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_export_round_trips_the_card_and_the_detections(tmp_path):
+    torch.manual_seed(0)
+    categories = CategoryMap([Category(1, "person"), Category(18, "dog")])
+    detector = Detector(get_config("edge", box_score_thresh=0.0), categories, provenance={"note": "random"}).eval()
+    checkpoint, exported = tmp_path / "random.pt", tmp_path / "random.onnx"
+    save_checkpoint(detector, checkpoint)
+    export_onnx(detector, exported)
+    card = load_engine(exported).card
+    assert card.config == detector.config and card.categories == categories
+    assert card.provenance["note"] == "random" and card.cost["params"] > 5e5
+    check = compare_engines(checkpoint, exported)
+    assert check["detections"] > 0, "random weights at score threshold 0 still detect, so boxes were compared"
+    assert check["box_px"] < 0.05 and check["score"] < 1e-4
+
+
+def test_cli_exports_next_to_the_checkpoint(tmp_path):
+    checkpoint = tmp_path / "demo-copy.pt"
+    checkpoint.write_bytes((REPO / "models" / "demo.pt").read_bytes())
+    out = export_cli("--checkpoint", str(checkpoint))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "demo-copy.onnx").is_file()
+    assert "boxes within" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "nowhere.pt"], "nowhere.pt: no such checkpoint file"),
+        (["--output", "model.bin"], "must end in .onnx"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(args, message):
+    out = export_cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr

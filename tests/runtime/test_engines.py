@@ -1,0 +1,107 @@
+"""The engines behind the service: the committed ONNX export is the demo checkpoint, and it runs without torch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from detector import DEFAULT_CHECKPOINT
+from runtime import EngineError, load_engine
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_ONNX = DEFAULT_CHECKPOINT.with_suffix(".onnx")
+SAMPLE = REPO / "service" / "static" / "sample.jpg"
+
+
+def sample_array(path: Path = SAMPLE) -> np.ndarray:
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255
+
+
+@pytest.fixture(scope="module")
+def engines():
+    pair = load_engine(DEFAULT_CHECKPOINT, threads=1), load_engine(DEMO_ONNX, threads=2)
+    yield pair
+    for engine in pair:
+        engine.close()
+
+
+def test_auto_picks_the_engine_by_file(engines):
+    assert [engine.name for engine in engines] == ["torch", "onnxruntime"]
+
+
+def test_committed_export_describes_the_demo_checkpoint(engines):
+    eager, exported = engines
+    assert exported.card == eager.card  # configuration, categories, cost and provenance
+
+
+def test_committed_export_detects_what_the_checkpoint_detects(engines):
+    eager, exported = engines
+    portrait = np.ascontiguousarray(sample_array()[:, :, 64:320])  # another shape than the sample's 512x384
+    for image in (sample_array(), portrait):
+        (a,), (b,) = eager.predict([image]), exported.predict([image])
+        assert len(a.labels) >= 3
+        assert np.array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=0.05)  # pixels
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+
+
+def test_a_batch_gives_each_image_its_own_detections(engines):
+    _, exported = engines
+    image = sample_array()
+    flipped = np.ascontiguousarray(image[:, :, ::-1])
+    batch = exported.predict([image, flipped, image])
+    alone = [exported.predict([x])[0] for x in (image, flipped, image)]
+    for got, expected in zip(batch, alone, strict=True):
+        assert np.array_equal(got.labels, expected.labels) and np.allclose(got.boxes, expected.boxes, atol=1e-3)
+    first, mirrored = batch[0].boxes[0], batch[1].boxes[0]  # the best box, seen in the mirror
+    width = image.shape[2]
+    assert np.allclose([width - first[2], width - first[0]], mirrored[[0, 2]], atol=3.0)
+
+
+def test_onnx_engine_needs_no_torch():
+    # The edge image has no torch: block it, then load the export and detect the sample's shapes.
+    script = (
+        "import sys, json; sys.modules['torch'] = sys.modules['torchvision'] = None\n"
+        "import numpy as np, cv2\n"
+        "from runtime import load_engine\n"
+        f"image = cv2.cvtColor(cv2.imread({str(SAMPLE)!r}), cv2.COLOR_BGR2RGB)\n"
+        "array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255\n"
+        f"engine = load_engine({str(DEMO_ONNX)!r})\n"
+        "(found,) = engine.predict([array])\n"
+        "print(json.dumps({'confident': int((found.scores >= 0.5).sum()), 'classes': engine.card.categories.names}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["confident"] >= 5 and report["classes"] == ["circle", "square", "triangle", "star"]
+
+
+def test_bad_model_files_raise_one_clear_error(tmp_path):
+    with pytest.raises(EngineError, match="no such model file"):
+        load_engine(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a protobuf at all" * 10)
+    with pytest.raises(EngineError, match="garbage.onnx: not a loadable ONNX model"):
+        load_engine(garbage)
+    # A valid ONNX graph that is not one of ours.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), foreign)
+    with pytest.raises(EngineError, match="without a model card; export it with python -m detector.export"):
+        load_engine(foreign)
+    with pytest.raises(EngineError, match="missing.pt: no such checkpoint file"):
+        load_engine(tmp_path / "missing.pt")
+    with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
+        load_engine(DEMO_ONNX, "tensorrt")
