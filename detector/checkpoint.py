@@ -70,7 +70,8 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zips, pickles of other things, random bytes: all one problem to a user
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: {exc})") from exc
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: {first})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a shufflenet-detect checkpoint (expected format {FORMAT!r})")
     for key in ("config", "categories", "state_dict"):

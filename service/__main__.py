@@ -10,6 +10,8 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from runtime import EngineError, load_engine
+
 from .app import create_app
 from .settings import Settings
 
@@ -51,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             print(f"python -m service: {where}: {error['msg']}", file=sys.stderr)
         return 2
+    try:  # a bad model file is reported here in one line, not as a start-up traceback
+        engine = load_engine(settings.checkpoint, settings.engine, threads=settings.threads)
+    except EngineError as exc:
+        print(f"python -m service: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, engine=engine),
         host=settings.host,
         port=settings.port,
         log_level=log_level,

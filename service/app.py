@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from runtime import load_engine
+from runtime import Engine, load_engine
 
 from .batcher import Batcher, PredictFn
 from .dependencies import require_api_key
@@ -31,9 +31,13 @@ from .settings import Settings
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings | None = None, *, predict: PredictFn | None = None) -> FastAPI:
-    """The service for ``settings`` (default: from the environment). ``predict`` replaces the engine's forward
-    pass in the batcher (tests use it to inject slow or failing batches); warm-up always uses the engine."""
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, predict: PredictFn | None = None
+) -> FastAPI:
+    """The service for ``settings`` (default: from the environment). ``engine``: the model already loaded
+    (``python -m service`` loads it first, to report a bad model file in one line); otherwise start-up loads
+    ``settings.checkpoint``. ``predict`` replaces the engine's forward pass in the batcher (tests use it to
+    inject slow or failing batches); warm-up always uses the engine."""
     settings = settings if settings is not None else Settings()
     app = FastAPI(
         title="shufflenet-detect",
@@ -47,7 +51,7 @@ def create_app(settings: Settings | None = None, *, predict: PredictFn | None = 
     app.state.settings = settings
     app.state.metrics = ServiceMetrics(settings.max_batch_size)
     app.state.predict_override = predict
-    app.state.engine = None
+    app.state.engine = engine
     app.state.batcher = None
     app.state.ready = False
 
@@ -74,8 +78,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # PyTorch: every batch shape gets its own oneDNN kernels; the cache is sized by the process's first forward pass.
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(settings.kernel_cache)
-    engine = await run_in_threadpool(load_engine, settings.checkpoint, settings.engine, threads=settings.threads)
-    app.state.engine = engine
+    engine = app.state.engine
+    if engine is None:
+        engine = await run_in_threadpool(load_engine, settings.checkpoint, settings.engine, threads=settings.threads)
+        app.state.engine = engine
     app.state.model_info = model.describe(engine, settings.checkpoint)
 
     inference = ThreadPoolExecutor(1, "inference")

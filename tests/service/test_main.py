@@ -51,6 +51,19 @@ def test_bad_settings_stop_before_serving(captured, capsys, checkpoint, tmp_path
     assert "settings" not in captured
 
 
+def test_bad_model_files_stop_before_serving_in_one_line(captured, capsys, tmp_path):
+    for name, engine, message in [
+        ("garbage.onnx", "auto", "not a loadable ONNX model"),
+        ("garbage.pt", "auto", "not a readable checkpoint"),
+        ("garbage.pt", "onnxruntime", "not a loadable ONNX model"),
+    ]:
+        (tmp_path / name).write_bytes(b"not a model" * 100)
+        assert main_module.main(["--checkpoint", str(tmp_path / name), "--engine", engine]) == 2
+        err = capsys.readouterr().err
+        assert message in err and name in err and len(err.strip().splitlines()) == 1, err
+    assert "settings" not in captured
+
+
 def test_help_lists_options_and_environment_variables():
     out = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0
