@@ -16,15 +16,20 @@ RUN apt-get update \
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject's base list (the torch-free serving set; training lives in the "train"
+# extra), so that a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements.txt
+COPY README.md ./
 COPY backbone backbone
 COPY detector detector
 COPY runtime runtime
 COPY service service
 COPY eval eval
-# The base install is the torch-free serving set (pyproject's "dependencies"); training lives in the "train" extra.
 # pip keeps the bytecode it compiles: the read-only container could not write it, and start-up is faster.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 # --- runtime: Python, the virtualenv, the demo model, an unprivileged user --------------------------------------
@@ -40,6 +45,7 @@ COPY models/demo.onnx /opt/shufflenet-detect/models/demo.onnx
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
     SERVICE_CHECKPOINT=/opt/shufflenet-detect/models/demo.onnx \
     SERVICE_HOST=0.0.0.0 \
     SERVICE_PORT=8000

@@ -18,6 +18,8 @@ CARD_KEY = "shufflenet_detect.card"
 INPUT = "image"
 OUTPUTS = ["boxes", "labels", "scores"]
 
+ort.disable_telemetry_events()  # an edge box reports to nobody
+
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
