@@ -7,7 +7,7 @@ that the torch-free ONNX Runtime engine (``runtime/``) can read a model's config
 import importlib
 
 from .categories import Category, CategoryMap
-from .config import CONFIGS, DEFAULT_CHECKPOINT, DEFAULT_CONFIG, DetectorConfig, get_config
+from .config import CONFIGS, DEFAULT_CHECKPOINT, DEFAULT_CONFIG, DEFAULT_EXPORT, DetectorConfig, get_config
 
 _NEEDS_TORCH = {
     "CheckpointError": ".checkpoint",
@@ -30,6 +30,7 @@ __all__ = [
     "CONFIGS",
     "DEFAULT_CHECKPOINT",
     "DEFAULT_CONFIG",
+    "DEFAULT_EXPORT",
     "Category",
     "CategoryMap",
     "DetectorConfig",

@@ -7,8 +7,11 @@ may override a field through ``get_config(name, **overrides)``, and nothing else
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-# The bundled demo model (trained on CONFIGS["edge"] by `make demo-model`), used when no checkpoint is given.
+# The bundled demo model (trained on CONFIGS["edge"] by `make demo-model`), used when no checkpoint is given,
+# and its ONNX export (python -m detector.export), which the service runs by default: same detections, about
+# twice the speed and a fifth of the memory on a CPU (README, "Which engine: measured").
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "demo.pt"
+DEFAULT_EXPORT = DEFAULT_CHECKPOINT.with_suffix(".onnx")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -11,14 +11,14 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from detector.config import DEFAULT_CHECKPOINT
+from detector.config import DEFAULT_EXPORT
 from runtime import EngineName
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="forbid", validate_default=True)
 
-    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="the model to serve: a .pt checkpoint or its .onnx export")
+    checkpoint: Path = Field(DEFAULT_EXPORT, description="the model to serve: a .onnx export or a .pt checkpoint")
     engine: EngineName = Field("auto", description="torch, onnxruntime, or auto (onnxruntime for .onnx files)")
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 to serve other machines")
     port: int = Field(8000, ge=1, le=65535)

@@ -11,11 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from detector import DEFAULT_CHECKPOINT
+from detector import DEFAULT_CHECKPOINT, DEFAULT_EXPORT
 from runtime import EngineError, load_engine
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_ONNX = DEFAULT_CHECKPOINT.with_suffix(".onnx")
+
 SAMPLE = REPO / "service" / "static" / "sample.jpg"
 
 
@@ -26,7 +26,7 @@ def sample_array(path: Path = SAMPLE) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def engines():
-    pair = load_engine(DEFAULT_CHECKPOINT, threads=1), load_engine(DEMO_ONNX, threads=2)
+    pair = load_engine(DEFAULT_CHECKPOINT, threads=1), load_engine(DEFAULT_EXPORT, threads=2)
     yield pair
     for engine in pair:
         engine.close()
@@ -73,7 +73,7 @@ def test_onnx_engine_needs_no_torch():
         "from runtime import load_engine\n"
         f"image = cv2.cvtColor(cv2.imread({str(SAMPLE)!r}), cv2.COLOR_BGR2RGB)\n"
         "array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255\n"
-        f"engine = load_engine({str(DEMO_ONNX)!r})\n"
+        f"engine = load_engine({str(DEFAULT_EXPORT)!r})\n"
         "(found,) = engine.predict([array])\n"
         "print(json.dumps({'confident': int((found.scores >= 0.5).sum()), 'classes': engine.card.categories.names}))\n"
     )
@@ -104,4 +104,4 @@ def test_bad_model_files_raise_one_clear_error(tmp_path):
     with pytest.raises(EngineError, match="missing.pt: no such checkpoint file"):
         load_engine(tmp_path / "missing.pt")
     with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
-        load_engine(DEMO_ONNX, "tensorrt")
+        load_engine(DEFAULT_EXPORT, "tensorrt")

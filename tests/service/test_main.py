@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import service.__main__ as main_module
+from detector import DEFAULT_EXPORT
 from service import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +19,7 @@ def captured(monkeypatch):
     calls = {}
 
     def fake_run(app, **options):
-        calls["settings"] = app.state.settings
+        calls["app"], calls["settings"] = app, app.state.settings
         calls["options"] = options
 
     monkeypatch.setattr(main_module.uvicorn, "run", fake_run)
@@ -39,6 +40,12 @@ def test_flags_override_the_environment(captured, monkeypatch, checkpoint):
     assert settings.checkpoint == checkpoint and settings.api_key.get_secret_value() == "k"
     assert settings.cors_origins == ["http://a", "http://b"]
     assert captured["options"]["host"] == "127.0.0.1" and captured["options"]["port"] == 8123
+
+
+def test_serves_the_demo_export_on_onnx_runtime_by_default(captured):
+    assert main_module.main([]) == 0
+    assert captured["settings"].checkpoint == DEFAULT_EXPORT and DEFAULT_EXPORT.name == "demo.onnx"
+    assert captured["app"].state.engine.name == "onnxruntime"
 
 
 def test_bad_settings_stop_before_serving(captured, capsys, checkpoint, tmp_path):

@@ -9,12 +9,12 @@ import httpx
 import numpy as np
 import pytest
 
-from detector import DEFAULT_CHECKPOINT
+from detector import DEFAULT_EXPORT
 
 from .conftest import live_server
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_ONNX = DEFAULT_CHECKPOINT.with_suffix(".onnx")
+
 SAMPLE = REPO / "service" / "static" / "sample.jpg"
 # ``python -m service`` in a process where importing torch fails, as in the edge image.
 WITHOUT_TORCH = [
@@ -28,7 +28,13 @@ WITHOUT_TORCH = [
 @pytest.fixture(scope="module")
 def onnx_server(tmp_path_factory):
     with live_server(
-        DEMO_ONNX, tmp_path_factory.mktemp("onnx"), "--threads", "2", "--max-batch-size", "4", launcher=WITHOUT_TORCH
+        DEFAULT_EXPORT,
+        tmp_path_factory.mktemp("onnx"),
+        "--threads",
+        "2",
+        "--max-batch-size",
+        "4",
+        launcher=WITHOUT_TORCH,
     ) as live:
         yield live
 
