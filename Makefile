@@ -41,7 +41,7 @@ chromium:
 		{ echo "installing Debian's chromium and chromium-driver for the page tests"; \
 		  apt-get install -y chromium chromium-driver; }
 
-# The service on http://127.0.0.1:8000 with the bundled demo checkpoint (models/demo.pt).
+# The service on http://127.0.0.1:8000 with the bundled demo model (its ONNX export, models/demo.onnx).
 serve: $(STAMP)
 	$(PY) -m service
 
