@@ -120,11 +120,19 @@ def check_platform(platform: str, port: int, build: bool, emulated: bool) -> dic
 
 
 def same_detections(a: list[dict], b: list[dict]) -> dict:
-    if [d["label"] for d in a] != [d["label"] for d in b]:
-        raise SmokeError("the platforms disagree on the labels")
-    box = max((abs(x - y) for d, e in zip(a, b, strict=True) for x, y in zip(d["box"], e["box"], strict=True)),
-              default=0.0)  # fmt: skip
-    score = max((abs(d["score"] - e["score"]) for d, e in zip(a, b, strict=True)), default=0.0)
+    """Pair each detection of ``a`` with the unused one of ``b`` of the same label and nearest box (two scores a
+    hair apart may rank in either order), then check boxes within 1 px and scores within 1e-3."""
+    if len(a) != len(b):
+        raise SmokeError(f"the platforms disagree: {len(a)} and {len(b)} detections")
+    unused, box, score = list(b), 0.0, 0.0
+    for d in a:
+        same_label = [e for e in unused if e["label"] == d["label"]]
+        if not same_label:
+            raise SmokeError(f"the platforms disagree: no {d['label']} to pair with {d}")
+        e = min(same_label, key=lambda e: max(abs(x - y) for x, y in zip(d["box"], e["box"], strict=True)))
+        unused.remove(e)
+        box = max(box, *(abs(x - y) for x, y in zip(d["box"], e["box"], strict=True)))
+        score = max(score, abs(d["score"] - e["score"]))
     if box > 1.0 or score > 1e-3:
         raise SmokeError(f"the platforms disagree: boxes by {box:.3f} px, scores by {score:.2e}")
     return {"detections": len(a), "max_box_px": box, "max_score": score}
