@@ -9,7 +9,7 @@ absent, then POST the bundled sample and check the detections. With two platform
 Under qemu-user emulation an arm64 process reads the host's x86 /proc/cpuinfo, which ONNX Runtime's CPU
 detection (pytorch/cpuinfo) cannot parse: it crashes at import (SIGSEGV). The emulated container therefore
 gets an arm64 /proc/cpuinfo (deploy/qemu/cpuinfo-arm64, a 2-core Cortex-A72) bind-mounted over it; on a real
-arm64 box nothing of this applies. Emulated inference is slow (about 80 s per image here), so the emulated
+arm64 box nothing of this applies. Emulated inference is slow (5 to 80 s per image here), so the emulated
 container warms up once and the request waits up to 5 minutes.
 
     python deploy/smoke_test.py [--platform linux/amd64 linux/arm64] [--compose] [--no-build]
