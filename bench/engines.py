@@ -1,4 +1,5 @@
-"""Inference engines for one model, measured in one run: PyTorch eager, TorchScript, ONNX Runtime fp32 and int8.
+"""Inference engines for one model, measured in one run: PyTorch eager, TorchScript, torch.export, ONNX Runtime
+fp32 and int8.
 
 For each engine: AP on the synthetic validation split (an engine counts only within 0.5 AP point of PyTorch
 eager), milliseconds per image at batch 1 and at ``--batch`` (rounds interleave the engines so machine noise
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from runtime import Detections, load_engine  # noqa: E402
 
-ENGINES = ("pytorch-eager", "torchscript", "onnxruntime", "onnxruntime-int8")
+ENGINES = ("pytorch-eager", "torchscript", "torch-export", "onnxruntime", "onnxruntime-int8")
 AP_TOLERANCE = 0.005  # half an AP point
 
 
@@ -57,6 +58,30 @@ class TorchScriptEngine:
 
     def close(self) -> None:
         pass
+
+
+class TorchExportEngine(TorchScriptEngine):
+    """``torch.export`` (non-strict) of the same model, run as the exported program's module."""
+
+    name = "torch-export"
+
+    def __init__(self, checkpoint: Path, threads: int) -> None:
+        import torch
+
+        from detector import load_checkpoint
+
+        torch.set_num_threads(threads)
+        detector = load_checkpoint(checkpoint)
+        self.card_categories = detector.categories
+        example = [torch.rand(3, detector.config.min_size, detector.config.max_size)]
+        self.exported = torch.export.export(detector.model.eval(), (example,), strict=False).module()
+
+    def predict(self, images: list[np.ndarray]) -> list[Detections]:
+        import torch
+
+        with torch.inference_mode():
+            outputs = self.exported([torch.from_numpy(image) for image in images])
+        return [Detections(o["boxes"].numpy(), o["labels"].numpy(), o["scores"].numpy()) for o in outputs]
 
 
 def quantize_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> Path:
@@ -95,13 +120,15 @@ def quantize_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> 
 def model_files(args) -> dict[str, Path]:
     exported = args.checkpoint.with_suffix(".onnx")
     int8 = args.work_dir / (exported.stem + ".int8.onnx")
-    return {"pytorch-eager": args.checkpoint, "torchscript": args.checkpoint, "onnxruntime": exported,
-            "onnxruntime-int8": int8}  # fmt: skip
+    return {"pytorch-eager": args.checkpoint, "torchscript": args.checkpoint, "torch-export": args.checkpoint,
+            "onnxruntime": exported, "onnxruntime-int8": int8}  # fmt: skip
 
 
 def open_engine(name: str, path: Path, threads: int):
     if name == "torchscript":
         return TorchScriptEngine(path, threads)
+    if name == "torch-export":
+        return TorchExportEngine(path, threads)
     return load_engine(path, "torch" if name == "pytorch-eager" else "onnxruntime", threads=threads)
 
 
