@@ -34,54 +34,47 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255
 
 
-class TorchScriptEngine:
-    """``torch.jit.script`` of the checkpoint's torchvision FasterRCNN (scripted, it returns (losses, detections))."""
+def torchscript(model):
+    """``torch.jit.script`` of torchvision's FasterRCNN; scripted, it returns (losses, detections)."""
+    import torch
 
-    name = "torchscript"
+    scripted = torch.jit.script(model)
+    return lambda images: scripted(images)[1]
 
-    def __init__(self, checkpoint: Path, threads: int) -> None:
+
+def torch_export(model, min_size: int, max_size: int):
+    """``torch.export`` (non-strict) of the same model, run as the exported program's module."""
+    import torch
+
+    example = [torch.rand(3, min_size, max_size)]
+    return torch.export.export(model.eval(), (example,), strict=False).module()
+
+
+class CompiledTorchEngine:
+    """The checkpoint's model compiled by ``compile_name`` ("torchscript" or "torch-export"), behind the
+    engines' predict interface."""
+
+    def __init__(self, compile_name: str, checkpoint: Path, threads: int) -> None:
         import torch
 
         from detector import load_checkpoint
 
         torch.set_num_threads(threads)
         detector = load_checkpoint(checkpoint)
-        self.card_categories = detector.categories
-        self.scripted = torch.jit.script(detector.model)
+        if compile_name == "torchscript":
+            self.forward = torchscript(detector.model)
+        else:
+            self.forward = torch_export(detector.model, detector.config.min_size, detector.config.max_size)
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         import torch
 
         with torch.inference_mode():
-            _, outputs = self.scripted([torch.from_numpy(image) for image in images])
+            outputs = self.forward([torch.from_numpy(image) for image in images])
         return [Detections(o["boxes"].numpy(), o["labels"].numpy(), o["scores"].numpy()) for o in outputs]
 
     def close(self) -> None:
         pass
-
-
-class TorchExportEngine(TorchScriptEngine):
-    """``torch.export`` (non-strict) of the same model, run as the exported program's module."""
-
-    name = "torch-export"
-
-    def __init__(self, checkpoint: Path, threads: int) -> None:
-        import torch
-
-        from detector import load_checkpoint
-
-        torch.set_num_threads(threads)
-        detector = load_checkpoint(checkpoint)
-        self.card_categories = detector.categories
-        example = [torch.rand(3, detector.config.min_size, detector.config.max_size)]
-        self.exported = torch.export.export(detector.model.eval(), (example,), strict=False).module()
-
-    def predict(self, images: list[np.ndarray]) -> list[Detections]:
-        import torch
-
-        with torch.inference_mode():
-            outputs = self.exported([torch.from_numpy(image) for image in images])
-        return [Detections(o["boxes"].numpy(), o["labels"].numpy(), o["scores"].numpy()) for o in outputs]
 
 
 def quantize_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> Path:
@@ -125,10 +118,8 @@ def model_files(args) -> dict[str, Path]:
 
 
 def open_engine(name: str, path: Path, threads: int):
-    if name == "torchscript":
-        return TorchScriptEngine(path, threads)
-    if name == "torch-export":
-        return TorchExportEngine(path, threads)
+    if name in ("torchscript", "torch-export"):
+        return CompiledTorchEngine(name, path, threads)
     return load_engine(path, "torch" if name == "pytorch-eager" else "onnxruntime", threads=threads)
 
 

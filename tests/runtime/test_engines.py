@@ -15,7 +15,6 @@ from detector import DEFAULT_CHECKPOINT, DEFAULT_EXPORT
 from runtime import EngineError, load_engine
 
 REPO = Path(__file__).resolve().parents[2]
-
 SAMPLE = REPO / "service" / "static" / "sample.jpg"
 
 

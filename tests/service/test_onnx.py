@@ -14,7 +14,6 @@ from detector import DEFAULT_EXPORT
 from .conftest import live_server
 
 REPO = Path(__file__).resolve().parents[2]
-
 SAMPLE = REPO / "service" / "static" / "sample.jpg"
 # ``python -m service`` in a process where importing torch fails, as in the edge image.
 WITHOUT_TORCH = [
