@@ -155,7 +155,10 @@ def check_compose(compose: str) -> dict:
         ready = wait_ready("http://127.0.0.1:8000", 300)
         body = detect("http://127.0.0.1:8000")
         ps = run(*compose_cmd, "ps", "--format", "json", env=env).stdout
-        return {"ready_s": round(ready, 1), "detections": len(body["results"][0]["detections"]), "ps": ps.strip()}
+        # One JSON object a line; only what says the service ran (the rest holds this machine's paths).
+        entries = [json.loads(line) for line in ps.splitlines() if line.strip()]
+        services = [{key: entry[key] for key in ("Name", "Image", "State", "Status")} for entry in entries]
+        return {"ready_s": round(ready, 1), "detections": len(body["results"][0]["detections"]), "ps": services}
     finally:
         run(*compose_cmd, "down", env=env, check=False, timeout=120)
         service.terminate()
