@@ -6,7 +6,10 @@ time as it goes. It stops at ``--minutes`` or once AP50 reaches ``--target-ap50`
 ``OUTPUT_DIR/curve.json``. Target on a 2-core machine: AP50 >= 0.5 within 120 minutes. ``--resume`` continues
 an interrupted run (the training checkpoints are atomic).
 
-    python bench/overfit_coco128.py [--minutes 120] [--output-dir runs/overfit] [--resume]
+    python bench/overfit_coco128.py [--minutes 120] [--output-dir runs/overfit] [--resume] [-- TRAIN_ARGS...]
+
+Arguments after ``--`` go to ``python -m detector.train`` after the recipe's, so they override it (to try
+another recipe: ``-- --lr 0.01 --hflip 0.5``).
 """
 
 import argparse
@@ -19,17 +22,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 COCO128 = REPO.parent / "shared" / "data" / "coco128"
 
-# The recipe. From scratch nothing is pretrained, so: a high peak lr after a short warmup, a cosine decay
-# over the whole budget, no multi-scale (memorising 128 images needs no scale robustness), and more RPN
-# proposals in training so the RoI head sees enough positives while the RPN is still poor. (Batches of 4 at
-# lr 0.02, twice the steps per epoch, learned more slowly: AP50 0.0045 after 40 epochs against 0.018-0.022.)
+# The recipe. From scratch nothing is pretrained, so AdamW, which moves every weight at its own scale: at
+# lr 1e-3 it reached AP50 0.30 by epoch 45 where SGD (lr 0.04, momentum 0.9) had 0.007 at epoch 40; AdamW at
+# 3e-3 and 5e-4 trailed 1e-3 at equal epochs. Then a short warmup and a cosine decay over the run, one
+# training scale of 320 and no flips (the score is on the training images themselves), and 256 RoI samples
+# per image instead of 128 so the box head sees more examples per step.
+BATCH = 8  # images per step, split between --processes
 RECIPE = [
     "--config", "edge",
-    "--batch-size", "8",
-    "--lr", "0.04",
+    "--optimizer", "adamw",
+    "--lr", "1e-3",
     "--warmup-iters", "100",
     "--schedule", "cosine",
-    "--weight-decay", "4e-5",
+    "--weight-decay", "1e-4",
+    "--hflip", "0",
     "--set", "train_min_sizes=[320]",
     "--set", "box_batch_size_per_image=256",
 ]  # fmt: skip
@@ -39,12 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=COCO128, help="folder with images/ and instances.json")
     parser.add_argument("--minutes", type=float, default=120.0, help="wall-time budget")
-    parser.add_argument("--epochs", type=int, default=160, help="length of the lr schedule")
+    parser.add_argument("--epochs", type=int, default=200, help="length of the lr schedule")
     parser.add_argument("--eval-every", type=int, default=10, help="epochs between evaluations")
     parser.add_argument("--target-ap50", type=float, default=0.5)
     parser.add_argument("--output-dir", type=Path, default=REPO / "runs" / "overfit")
     parser.add_argument("--resume", action="store_true", help="continue OUTPUT_DIR/last.pt")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="DDP processes through torchrun (gloo), one thread each, splitting the batch (1: one process on all "
+        "threads); on 2 cores two processes trained 9.7 images/s, one with both threads 7.1",
+    )
+    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: more detector.train arguments")
     args = parser.parse_args(argv)
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    if args.processes < 1 or BATCH % args.processes:
+        parser.error(f"--processes must divide the batch of {BATCH}, got {args.processes}")
     images, annotations = args.data / "images", args.data / "instances.json"
     if not annotations.is_file() or not images.is_dir():
         parser.error(f"{args.data}: expected images/ and instances.json (the coco128 sample of ../shared/data)")
@@ -52,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume and log.exists():
         parser.error(f"{args.output_dir} holds a run already: pass --resume, or another --output-dir")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "detector.train", *RECIPE, "--epochs", str(args.epochs)]
+    launcher = [sys.executable]
+    if args.processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.processes}"]
+    command = [*launcher, "-m", "detector.train", *RECIPE, "--epochs", str(args.epochs)]
+    command += ["--batch-size", str(BATCH // args.processes), *train_args]
     command += ["--train-images", str(images), "--train-annotations", str(annotations)]  # scored on the same
     command += ["--eval-every", str(args.eval_every), "--workers", "1", "--no-progress"]
     command += ["--output-dir", str(args.output_dir)] + (["--resume"] if args.resume else [])
@@ -83,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                 process.terminate()
             process.wait()
     best = max(curve, key=lambda p: p["AP50"], default=None)
-    summary = {"recipe": RECIPE, "curve": curve, "best": best, "target_ap50": args.target_ap50}
+    recipe = command[command.index("detector.train") + 1 :]
+    summary = {
+        "recipe": recipe,
+        "processes": args.processes,
+        "curve": curve,
+        "best": best,
+        "target_ap50": args.target_ap50,
+    }
     (args.output_dir / "curve.json").write_text(json.dumps(summary, indent=2))
     reached = best is not None and best["AP50"] >= args.target_ap50
     print(f"best: {best}; target AP50 {args.target_ap50} {'reached' if reached else 'not reached'}")

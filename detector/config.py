@@ -83,7 +83,7 @@ CONFIGS: dict[str, DetectorConfig] = {
 }
 
 # The CPU-edge default, chosen by measurement (README, "Choosing the edge default"): on a 2-core CPU, ShuffleNet
-# v2 0.5x with a 64-channel FPN and a 128-wide box head ran 2.9x (batch 1) and 3.9x (batch 8) the images/s of
+# v2 0.5x with a 64-channel FPN and a 128-wide box head ran 3.5x (batch 1) and 4.8x (batch 8) the images/s of
 # torchvision's fasterrcnn_mobilenet_v3_large_320_fpn. Few proposals and a light head, because the RoI head
 # dominates a mobile Faster R-CNN's CPU time; one RoIAlign sample per bin, because its CPU backward pass
 # dominated training time.
@@ -101,7 +101,7 @@ _EDGE = dict(
 )
 CONFIGS["edge"] = DetectorConfig("edge", "shufflenet_v2_x0_5", neck_channels=64, box_head_width=128, **_EDGE)
 # A step up in accuracy for boxes with CPU to spare: ShuffleNet v2 1.0x, 96-channel FPN, 256-wide head
-# (0.51x-0.64x the default's images/s at batch 8 and 1, measured in the same run).
+# (0.57x the default's images/s at batch 1 and 8, measured in the same run).
 CONFIGS["edge_large"] = DetectorConfig(
     "edge_large", "shufflenet_v2_x1_0", neck_channels=96, box_head_width=256, **_EDGE
 )

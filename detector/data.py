@@ -72,7 +72,7 @@ class CocoDetectionDataset(CocoDetection):
     ``target``: {"boxes": float32 (N, 4) [x1, y1, x2, y2] pixels, "labels": int64 (N,) 1..K,
     "image_id": int, "orig_size": (H, W)}. Crowd regions and boxes with a side <= 1 px after clamping to
     the image are left out; images without boxes stay in as negatives (boxes of shape (0, 4)).
-    ``train=True`` adds a random horizontal flip (p=0.5, from torch's RNG).
+    ``train=True`` adds a random horizontal flip (probability ``hflip``, from torch's RNG).
     ``categories`` defaults to the file's own categories; given (e.g. from a checkpoint), every annotated
     category id must be one of them.
     """
@@ -84,6 +84,7 @@ class CocoDetectionDataset(CocoDetection):
         *,
         train: bool,
         categories: CategoryMap | None = None,
+        hflip: float = 0.5,
     ) -> None:
         images_dir = Path(images_dir)
         if not images_dir.is_dir():
@@ -91,7 +92,7 @@ class CocoDetectionDataset(CocoDetection):
         # CocoDetection's own constructor would read the file through COCO(), which prints and fails with
         # bare KeyErrors; load it once here and set what that constructor sets.
         coco = load_coco(annotation_file)
-        steps = [v2.ToImage(), v2.RandomHorizontalFlip(0.5)] if train else [v2.ToImage()]
+        steps = [v2.ToImage(), v2.RandomHorizontalFlip(hflip)] if train and hflip > 0 else [v2.ToImage()]
         VisionDataset.__init__(self, images_dir, transforms=v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)]))
         self.coco = coco
         self.ids: list[int] = sorted(coco.imgs)
@@ -179,11 +180,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of indices from ``sampler`` in which every index has the same group id.
 
     Indices are taken in the base sampler's order and a batch is emitted when its group has
-    ``batch_size`` of them; at the end of an epoch each group's remainder is emitted as a smaller batch,
-    so every index the base sampler yields appears exactly once. Works over a ``DistributedSampler``
-    (call ``set_epoch`` here; it is passed on). ``len()`` walks the base sampler once, so give it a
-    sampler whose order depends only on its seed and epoch (as ``DistributedSampler``'s does) if the
-    global RNG must not move.
+    ``batch_size`` of them. At the end of an epoch the groups' remainders, taken group after group, fill
+    the last batches, so one of them may mix groups and only the very last may be short: every index the
+    base sampler yields appears exactly once, in ``ceil(len(sampler) / batch_size)`` batches. That count
+    depends only on the sampler's length, so over a ``DistributedSampler`` (equal shares) every rank takes
+    the same number of steps, which DDP needs: ranks with different counts would pair one rank's last
+    training step with another's evaluation and hang. Call ``set_epoch`` here; it is passed on.
     """
 
     def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int) -> None:
@@ -201,15 +203,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
             if len(batch) == self.batch_size:
                 yield batch
                 pending[self.group_ids[index]] = []
-        for batch in pending.values():
-            if batch:
-                yield batch
+        rest = [index for group in sorted(pending) for index in pending[group]]
+        for start in range(0, len(rest), self.batch_size):
+            yield rest[start : start + self.batch_size]
 
     def __len__(self) -> int:
-        counts: dict[int, int] = {}
-        for index in self.sampler:
-            counts[self.group_ids[index]] = counts.get(self.group_ids[index], 0) + 1
-        return sum(math.ceil(n / self.batch_size) for n in counts.values())
+        return math.ceil(len(self.sampler) / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):

@@ -131,12 +131,22 @@ def test_horizontal_flip_flips_image_and_boxes(coco128, eval_set):
     assert outcomes == {"kept", "flipped"}
 
 
+def test_no_flips_when_hflip_is_zero(coco128, eval_set):
+    train_set = CocoDetectionDataset(coco128 / "images", coco128 / "instances.json", train=True, hflip=0)
+    index = eval_set.ids.index(650)
+    reference, ref_target = eval_set[index]
+    for seed in range(6):
+        torch.manual_seed(seed)
+        image, target = train_set[index]
+        assert torch.equal(image, reference) and torch.equal(target["boxes"], ref_target["boxes"])
+
+
 def _check_batches(batches, group_ids, batch_size):
-    for batch in batches:
-        assert 1 <= len(batch) <= batch_size
-        assert len({group_ids[i] for i in batch}) == 1, f"batch {batch} mixes aspect groups"
-    partial = [b for b in batches if len(b) < batch_size]
-    assert len({group_ids[b[0]] for b in partial}) == len(partial), "more than one short batch per group"
+    assert all(1 <= len(batch) <= batch_size for batch in batches)
+    assert all(len(batch) == batch_size for batch in batches[:-1]), "only the last batch may be short"
+    mixed = [batch for batch in batches if len({group_ids[i] for i in batch}) > 1]
+    assert len(mixed) <= 1, f"batches {mixed} mix aspect groups"  # at most the one joining the remainders
+    assert len(batches) == -(-sum(map(len, batches)) // batch_size)
 
 
 def test_grouped_sampler_keeps_groups_apart_and_covers_every_index_once():
@@ -151,16 +161,20 @@ def test_grouped_sampler_keeps_groups_apart_and_covers_every_index_once():
         assert sorted(i for b in batches for i in b) == list(range(101))
     assert len(sampler) == len(batches)
 
-    shares = []
-    for rank in range(2):
-        base = DistributedSampler(range(100), num_replicas=2, rank=rank, shuffle=True, seed=3)
-        sampler = GroupedBatchSampler(base, groups, 3)
-        sampler.set_epoch(5)
-        batches = list(sampler)
-        assert len(sampler) == len(batches)
-        _check_batches(batches, groups, 3)
-        shares.append([i for b in batches for i in b])
-    assert sorted(shares[0] + shares[1]) == list(range(100))
+    # Over DDP every rank must take the same number of steps, whatever its share's mix of groups.
+    for epoch in range(20):
+        shares, steps = [], set()
+        for rank in range(2):
+            base = DistributedSampler(range(100), num_replicas=2, rank=rank, shuffle=True, seed=3)
+            sampler = GroupedBatchSampler(base, groups, 3)
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert len(sampler) == len(batches)
+            _check_batches(batches, groups, 3)
+            shares.append([i for b in batches for i in b])
+            steps.add(len(batches))
+        assert sorted(shares[0] + shares[1]) == list(range(100))
+        assert steps == {17}  # 50 indices per rank in batches of 3
 
     with pytest.raises(ValueError, match="batch_size"):
         GroupedBatchSampler(RandomSampler(range(3)), [0, 0, 0], 0)

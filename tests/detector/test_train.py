@@ -93,12 +93,21 @@ def test_log_and_checkpoints_are_written(tiny_set, tmp_path):
     assert final["config"]["min_size"] == 96
 
 
+def test_adamw_without_flips_trains_and_saves_its_state(tiny_set, tmp_path):
+    out = tmp_path / "adamw"
+    assert main(_args(tiny_set, out, "--epochs", "1", "--optimizer", "adamw", "--lr", "1e-3", "--hflip", "0")) == 0
+    state = read_checkpoint(out / "last.pt")["training"]["optimizer"]["state"]
+    assert state and all({"exp_avg", "exp_avg_sq"} <= s.keys() for s in state.values())  # Adam's moments
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--epochs", "0"], "--epochs must be positive"),
         (["--set", "neck_width=3"], "unknown detector config fields: neck_width"),
         (["--train-images", "/nowhere"], "give --train-images and --train-annotations together"),
+        (["--hflip", "1.5"], "--hflip is a probability in [0, 1]"),
+        (["--optimizer", "adam"], "invalid choice: 'adam'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(extra, message, capsys):
