@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     launcher = [sys.executable]
     if args.processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.processes}"]
-    command = [*launcher, "-m", "detector.train", *RECIPE, "--epochs", str(args.epochs)]
-    command += ["--batch-size", str(BATCH // args.processes), *train_args]
+    # What the curve depends on, kept with it; the data and output paths are this machine's business.
+    recipe = [*RECIPE, "--epochs", str(args.epochs), "--batch-size", str(BATCH // args.processes), *train_args]
+    command = [*launcher, "-m", "detector.train", *recipe]
     command += ["--train-images", str(images), "--train-annotations", str(annotations)]  # scored on the same
     command += ["--eval-every", str(args.eval_every), "--workers", "1", "--no-progress"]
     command += ["--output-dir", str(args.output_dir)] + (["--resume"] if args.resume else [])
@@ -104,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
                 process.terminate()
             process.wait()
     best = max(curve, key=lambda p: p["AP50"], default=None)
-    recipe = command[command.index("detector.train") + 1 :]
     summary = {
         "recipe": recipe,
         "processes": args.processes,

@@ -62,7 +62,7 @@ def build_models(default: str, variants: list[dict]) -> dict[str, torch.nn.Modul
     }
 
 
-def test_short_side(model: torch.nn.Module) -> int:
+def eval_short_side(model: torch.nn.Module) -> int:
     """The short side the model resizes to in eval mode (torchvision's transform uses its last min_size)."""
     transform = model.model.transform if isinstance(model, Detector) else model.transform
     return transform.min_size[-1]
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time_once(model, images))
         for name, samples in times.items():
             median = statistics.median(samples)
-            row = {"model": name, "batch": batch, "short_side": test_short_side(models[name])}
+            row = {"model": name, "batch": batch, "short_side": eval_short_side(models[name])}
             rows.append(row | {"median_s": median, "images_per_s": batch / median})
     ours = f"ours:{args.config}"
     rate = {(r["model"], r["batch"]): r["images_per_s"] for r in rows}

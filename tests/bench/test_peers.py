@@ -19,7 +19,7 @@ def peers():
 
 def test_every_model_is_timed_at_its_test_short_side(peers):
     models = {name: model.eval() for name, model in peers.build_models("edge", [{"box_head_width": 64}]).items()}
-    sides = {name: peers.test_short_side(model) for name, model in models.items()}
+    sides = {name: peers.eval_short_side(model) for name, model in models.items()}
     # Ours trains on several scales up to 384 but tests at 320, like the 320 peers; the paper config at 600.
     assert sides.pop("ours:paper_1x_g3_600") == 600
     assert set(sides.values()) == {320}, sides
