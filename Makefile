@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format serve demo-model docker-test chromium clean
+.PHONY: install test test-slow lint format serve demo-model coco-model docker-test chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,23 @@ demo-model: $(STAMP)
 		--schedule cosine --eval-every 3 --workers 1 --output-dir runs/demo
 	cp runs/demo/final.pt models/demo.pt
 	$(PY) -m detector.export --checkpoint models/demo.pt --output models/demo.onnx
+
+# The bundled COCO model from ../shared (NanoDet-m's IR and the COCO val2017 person images): NanoDet-m labels
+# the classes the person set lacks, its backbone initialises ours, two one-thread processes train on 2 cores
+# (about 80 minutes here), and the export serves it. Resumable: run it again to continue an interrupted run.
+SHARED := ../shared
+NANODET := $(SHARED)/weights/nanodet_m/nanodet_m.xml
+COCO_RUN := runs/coco
+coco-model: $(STAMP)
+	$(VENV)/bin/torchrun --standalone --nproc-per-node 2 -m detector.train --config coco_edge \
+		--train-images $(SHARED)/data/coco2017_persons/images \
+		--train-annotations $(SHARED)/data/coco2017_persons/instances.json \
+		--val-images $(SHARED)/data/coco128/images --val-annotations $(SHARED)/data/coco128/instances.json \
+		--teacher $(NANODET) --teacher-score 0.3 --pretrained-backbone $(NANODET) \
+		--optimizer adamw --lr 1e-3 --warmup-iters 100 --schedule cosine --batch-size 4 --epochs 24 \
+		--eval-every 2 --workers 1 --threads 1 --output-dir $(COCO_RUN) $(if $(wildcard $(COCO_RUN)/last.pt),--resume)
+	cp $(COCO_RUN)/final.pt models/coco.pt
+	$(PY) -m detector.export --checkpoint models/coco.pt --output models/coco.onnx
 
 # The edge image, built and run with podman for amd64 and arm64 (qemu), checked over 127.0.0.1, plus
 # `docker compose up` through podman's socket. Needs root (it installs podman); the host's extra CA

@@ -32,6 +32,22 @@ class FeatureBackbone(nn.Module):
             outputs.append(x)
         return outputs
 
+    def layer_names(self) -> list[str]:
+        """The trainable layers from input to output: the stem, then the stages."""
+        return ["conv1", *(info.name for info in self.feature_info)]
+
+    def set_trainable_layers(self, count: int | None) -> None:
+        """Train only the last ``count`` of ``layer_names()`` (None: all; 0: none), as torchvision's
+        ``trainable_backbone_layers`` does: early layers of a pretrained backbone stay as learnt."""
+        names = self.layer_names()
+        if count is None:
+            count = len(names)
+        if not 0 <= count <= len(names):
+            raise ValueError(f"trainable layers must be in 0..{len(names)}, got {count}")
+        self.requires_grad_(False)
+        for name in names[len(names) - count :]:
+            getattr(self, name).requires_grad_(True)
+
     @property
     def feature_channels(self) -> list[int]:
         return [f.channels for f in self.feature_info]

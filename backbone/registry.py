@@ -4,12 +4,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .features import FeatureBackbone
+from .layers import freeze_batchnorm, set_activation
+from .openvino_ir import shufflenet_state_dict_from_ir
 from .shufflenet_v1 import STAGE_OUT_CHANNELS as V1_GROUPS
 from .shufflenet_v1 import STEM_CHANNELS as V1_SCALES
 from .shufflenet_v1 import ShuffleNetV1
 from .shufflenet_v2 import STAGE_OUT_CHANNELS as V2_SCALES
 from .shufflenet_v2 import ShuffleNetV2
-from .weights import load_weights
+from .weights import load_state, load_weights
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,17 @@ def create_backbone(
     features_only: bool = False,
     shuffle: bool = True,
     weights: str | Path | None = None,
+    activation: str = "relu",
+    frozen_batchnorm: bool = False,
 ) -> FeatureBackbone:
     """Build backbone ``name`` (a key of BACKBONES).
 
     ``weights``: a local ImageNet state dict, loaded strictly (with ``features_only``, the file's classifier
-    keys are left out). ``features_only``: drop the classification head, for use under a detector. ``shuffle=False``
-    turns channel shuffle off (v1 only: the paper's Table 3 ablation).
+    keys are left out), or an OpenVINO IR ``.xml`` whose first convolutions are this body with BatchNorm
+    folded in (NanoDet-m's; see ``openvino_ir``). ``features_only``: drop the classification head, for use under
+    a detector. ``shuffle=False`` turns channel shuffle off (v1 only: the paper's Table 3 ablation).
+    ``activation``: "relu" (the papers') or "leaky_relu" (NanoDet's, slope 0.1). ``frozen_batchnorm``: fixed
+    statistics and affine parameters (torchvision's FrozenBatchNorm2d), for detectors on pretrained weights.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
@@ -63,6 +70,10 @@ def create_backbone(
         head_keys = full_keys - set(model.state_dict())
     else:
         head_keys = set()
+    set_activation(model, activation)
     if weights is not None:
-        load_weights(model, weights, ignore=head_keys)
-    return model
+        if Path(weights).suffix == ".xml":
+            load_state(model, shufflenet_state_dict_from_ir(weights, model), source=weights)
+        else:
+            load_weights(model, weights, ignore=head_keys)
+    return freeze_batchnorm(model) if frozen_batchnorm else model

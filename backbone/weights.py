@@ -37,7 +37,11 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, ign
 
     ``ignore``: keys of the file to leave out, e.g. a classifier the model no longer has.
     """
-    state = {k: v for k, v in read_state_dict(path).items() if k not in ignore}
+    load_state(model, {k: v for k, v in read_state_dict(path).items() if k not in ignore}, source=path, strict=strict)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str | Path, strict: bool = True) -> None:
+    """Load ``state`` (read from ``source``) into ``model``; a misfit is one ``WeightsError`` naming the keys."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -48,7 +52,7 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True, ign
             if keys:
                 shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
-        raise WeightsError(f"{path} does not fit {type(model).__name__}: " + "; ".join(parts))
+        raise WeightsError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict(state, strict=strict)
 
 

@@ -1,9 +1,15 @@
-"""The CPU default against torchvision's mobile detectors, measured in one run on one machine.
+"""The shipped model against its peers, measured in one run on one machine.
 
-Every model gets the same COCO-sized images (480x640, resized by each model's own transform to short side
-320; the paper's 1x g=3 runs at its 600) with the same thread count. Rounds interleave the models so
-machine noise hits all of them alike; medians are reported. Random weights: speed does not depend on
-them, except that an untrained RPN keeps all of its proposals, which is the worst case for the RoI head.
+Two comparisons, each with rounds that interleave the models so machine noise hits all of them alike, and
+medians reported:
+
+- In PyTorch, against torchvision's mobile detectors: the same COCO-sized images (480x640, resized by each
+  model's own transform to short side 320; the paper's 1x g=3 runs at its 600), random weights (speed does
+  not depend on them, except that an untrained RPN keeps all of its proposals, the worst case for the RoI head).
+- On one engine that runs both (OpenVINO), against NanoDet-m: the shipped export (models/coco.onnx) and
+  NanoDet-m's IR on the same real COCO images (coco128, decoded beforehand), end to end: each model's own
+  preprocessing (ours: shrink to its input size; NanoDet: its letterbox) and postprocessing (NanoDet: its
+  decoding and NMS; ours: inside the graph). A batch of 8 runs as parallel single-threaded streams for both.
 
     python bench/peers.py [--threads 2] [--rounds 7] [--json] [--variant 'neck_channels=64;box_head_width=128']
 """
@@ -15,11 +21,20 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import torch
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, ssdlite320_mobilenet_v3_large
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector import CONFIGS, DEFAULT_CONFIG, Category, CategoryMap, Detector, get_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from detector import CONFIGS, DEFAULT_EXPORT, Category, CategoryMap, Detector, get_config  # noqa: E402
+from detector.nanodet import NanoDetM  # noqa: E402
+from runtime import load_engine  # noqa: E402
+from runtime.preprocess import to_model_input  # noqa: E402
+
+SHIPPED_CONFIG = "coco_edge"  # the configuration of models/coco.pt
+NANODET_IR = REPO.parent / "shared" / "weights" / "nanodet_m" / "nanodet_m.xml"
+COCO128_IMAGES = REPO.parent / "shared" / "data" / "coco128" / "images"
 
 COCO = CategoryMap(Category(i + 1, f"class{i + 1}") for i in range(80))
 
@@ -75,15 +90,50 @@ def time_once(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
+def engine_rows(args: argparse.Namespace) -> list[dict]:
+    """Images/s of the shipped export and NanoDet-m on OpenVINO, end to end, interleaved rounds."""
+    ours = load_engine(args.export, "openvino", threads=args.threads)
+    nanodet = NanoDetM(args.nanodet, threads=args.threads)
+    config = ours.card.config
+    paths = sorted(args.images.glob("*.jpg"))[: max(args.batch_sizes) * 2]
+    images = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in paths]
+
+    def run_ours(batch: list) -> None:
+        ours.predict([to_model_input(image, config.min_size, config.max_size) for image in batch])
+
+    runners = {f"ours:{args.export.name} (openvino)": run_ours, "nanodet_m (openvino)": nanodet.detect_batch}
+    rows = []
+    for size in args.batch_sizes:
+        batches = [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
+        for run in runners.values():  # warm-up
+            run(batches[0])
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, run in runners.items():
+                start = time.perf_counter()
+                for batch in batches:
+                    run(batch)
+                times[name].append((time.perf_counter() - start) / len(batches))
+        for name, samples in times.items():
+            median = statistics.median(samples)
+            rows.append({"model": name, "batch": size, "median_s": median, "images_per_s": size / median})
+    ours.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Images/s of the CPU default and its peers (see module doc).")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS), help="our model to compare")
+    parser = argparse.ArgumentParser(description="Images/s of the shipped model and its peers (see module doc).")
+    parser.add_argument("--config", default=SHIPPED_CONFIG, choices=sorted(CONFIGS), help="our model in PyTorch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model and batch size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--nchw", action="store_true", help="time every model in NCHW instead of channels_last")
     parser.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the slow paper config")
+    parser.add_argument("--export", type=Path, default=DEFAULT_EXPORT, help="our export against NanoDet-m")
+    parser.add_argument("--nanodet", type=Path, default=NANODET_IR, help="NanoDet-m's OpenVINO IR (.xml)")
+    parser.add_argument("--images", type=Path, default=COCO128_IMAGES, help="JPEGs for the NanoDet-m comparison")
+    parser.add_argument("--no-nanodet", dest="nanodet_peer", action="store_false", help="skip NanoDet-m")
     parser.add_argument(
         "--variant",
         type=parse_variant,
@@ -114,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time_once(model, images))
         for name, samples in times.items():
             median = statistics.median(samples)
-            row = {"model": name, "batch": batch, "short_side": eval_short_side(models[name])}
+            row = {"model": name, "batch": batch, "short_side": eval_short_side(models[name]), "engine": "torch"}
             rows.append(row | {"median_s": median, "images_per_s": batch / median})
     ours = f"ours:{args.config}"
     rate = {(r["model"], r["batch"]): r["images_per_s"] for r in rows}
@@ -122,11 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         peer: {b: rate[(ours, b)] / rate[(peer, b)] for b in args.batch_sizes}
         for peer in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
     }
+    if args.nanodet_peer:
+        engine = engine_rows(args)
+        rate_on = {(r["model"].startswith("ours"), r["batch"]): r["images_per_s"] for r in engine}
+        ratios["nanodet_m"] = {b: rate_on[(True, b)] / rate_on[(False, b)] for b in args.batch_sizes}
+        rows += engine
     report = {
         "threads": args.threads,
         "layout": "NCHW" if args.nchw else "channels_last",
         "rounds": args.rounds,
-        "input": "480x640 images, each model's own resize (short side 320; paper config 600)",
+        "input": "torch: 480x640 images, each model's own resize (short side 320; paper config 600); "
+        "openvino: coco128 JPEGs decoded beforehand, each model's own preprocessing and postprocessing",
         "rows": rows,
         "ratios": {peer: {str(b): round(r, 3) for b, r in by_batch.items()} for peer, by_batch in ratios.items()},
         "ratio_vs_fasterrcnn_mobilenet_v3_large_320_fpn": round(
@@ -134,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "ratio_vs_ssdlite320_mobilenet_v3_large": round(min(ratios["ssdlite320_mobilenet_v3_large"].values()), 3),
     }
+    if "nanodet_m" in ratios:
+        report["ratio_vs_nanodet_m"] = round(min(ratios["nanodet_m"].values()), 3)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -142,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<{width}} {'batch':>5} {'short side':>10} {'ms/batch':>9} {'images/s':>9}")
     for r in rows:
         print(
-            f"{r['model']:<{width}} {r['batch']:>5} {r['short_side']:>10} {r['median_s'] * 1000:>9.1f} "
+            f"{r['model']:<{width}} {r['batch']:>5} {r.get('short_side', '-'):>10} {r['median_s'] * 1000:>9.1f} "
             f"{r['images_per_s']:>9.2f}"
         )
     for peer, by_batch in ratios.items():

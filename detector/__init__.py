@@ -7,7 +7,16 @@ that the torch-free ONNX Runtime engine (``runtime/``) can read a model's config
 import importlib
 
 from .categories import Category, CategoryMap
-from .config import CONFIGS, DEFAULT_CHECKPOINT, DEFAULT_CONFIG, DEFAULT_EXPORT, DetectorConfig, get_config
+from .config import (
+    CONFIGS,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIG,
+    DEFAULT_EXPORT,
+    DEMO_CHECKPOINT,
+    DEMO_EXPORT,
+    DetectorConfig,
+    get_config,
+)
 
 _NEEDS_TORCH = {
     "CheckpointError": ".checkpoint",
@@ -31,6 +40,8 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_CONFIG",
     "DEFAULT_EXPORT",
+    "DEMO_CHECKPOINT",
+    "DEMO_EXPORT",
     "Category",
     "CategoryMap",
     "DetectorConfig",

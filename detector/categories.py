@@ -67,4 +67,5 @@ class CategoryMap:
         return isinstance(other, CategoryMap) and self.categories == other.categories
 
     def __repr__(self) -> str:
-        return f"CategoryMap({len(self)} categories)"
+        shown = ", ".join(f"{c.id} {c.name}" for c in self.categories[:12])
+        return f"{len(self)} categories ({shown}{', ...' if len(self) > 12 else ''})"

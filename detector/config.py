@@ -7,11 +7,15 @@ may override a field through ``get_config(name, **overrides)``, and nothing else
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-# The bundled demo model (trained on CONFIGS["edge"] by `make demo-model`), used when no checkpoint is given,
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+# The bundled COCO model (CONFIGS["coco_edge"], made by `make coco-model`), used when no checkpoint is given,
 # and its ONNX export (python -m detector.export), which the service runs by default: same detections, about
 # twice the speed and a fifth of the memory on a CPU (README, "Which engine: measured").
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "demo.pt"
+DEFAULT_CHECKPOINT = MODELS_DIR / "coco.pt"
 DEFAULT_EXPORT = DEFAULT_CHECKPOINT.with_suffix(".onnx")
+# The synthetic-shapes model (CONFIGS["edge"], `make demo-model`): fast tests and the synthetic val split.
+DEMO_CHECKPOINT = MODELS_DIR / "demo.pt"
+DEMO_EXPORT = DEMO_CHECKPOINT.with_suffix(".onnx")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +50,11 @@ class DetectorConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
-    trainable_backbone: bool = True
+    # Backbone: its activation ("relu", or NanoDet's "leaky_relu"), frozen BatchNorm (for pretrained weights),
+    # and how many of its layers (stem, stage2, stage3, stage4) train, counted from the top (None: all).
+    backbone_activation: str = "relu"
+    frozen_batchnorm: bool = False
+    trainable_backbone_layers: int | None = None
     extra: dict = field(default_factory=dict)  # free-form notes kept with the checkpoint
 
     def to_dict(self) -> dict:
@@ -54,6 +62,10 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DetectorConfig":
+        data = dict(data)
+        # Checkpoints before trainable_backbone_layers said trainable_backbone: bool.
+        if "trainable_backbone" in data:
+            data.setdefault("trainable_backbone_layers", None if data.pop("trainable_backbone") else 0)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -104,6 +116,23 @@ CONFIGS["edge"] = DetectorConfig("edge", "shufflenet_v2_x0_5", neck_channels=64,
 # (0.57x the default's images/s at batch 1 and 8, measured in the same run).
 CONFIGS["edge_large"] = DetectorConfig(
     "edge_large", "shufflenet_v2_x1_0", neck_channels=96, box_head_width=256, **_EDGE
+)
+# The shipped COCO model: NanoDet-m's ShuffleNet v2 1.0x body (LeakyReLU, BatchNorm folded, hence frozen;
+# only stage 4 trains), distilled from NanoDet-m on COCO val2017 person images (README, "The COCO model").
+# NanoDet's normalisation, in RGB order and 0..1 scale, since its first conv learnt on it.
+NANODET_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
+NANODET_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
+CONFIGS["coco_edge"] = DetectorConfig(
+    "coco_edge",
+    "shufflenet_v2_x1_0",
+    neck_channels=96,
+    box_head_width=256,
+    image_mean=NANODET_MEAN,
+    image_std=NANODET_STD,
+    backbone_activation="leaky_relu",
+    frozen_batchnorm=True,
+    trainable_backbone_layers=1,
+    **{**_EDGE, "train_min_sizes": (288, 320, 352)},
 )
 DEFAULT_CONFIG = "edge"
 

@@ -104,6 +104,16 @@ class CocoDetectionDataset(CocoDetection):
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"annotation file {annotation_file}: bad 'categories': {e}") from None
+        clashes = [
+            f"id {c.id} is {c.name!r} to the model but {coco.cats[c.id].get('name')!r} there"
+            for c in self.categories.categories
+            if c.id in coco.cats and coco.cats[c.id].get("name") != c.name
+        ]
+        if clashes:
+            raise DatasetError(
+                f"annotation file {annotation_file} names the model's categories differently "
+                f"({'; '.join(clashes[:3])}): they are not the same classes; the model's are {self.categories}"
+            )
         known = {c.id for c in self.categories.categories}
         unknown = sorted({a["category_id"] for a in coco.anns.values()} - known)
         if unknown:

@@ -6,7 +6,7 @@ The graph is the whole torchvision Faster R-CNN (resize, normalisation, RPN, RoI
 (3, H, W) image of any size, exported by torch's TorchScript-based exporter, which follows torchvision's
 tracing-aware code paths. The checkpoint's model card (configuration, categories, cost, provenance) goes into
 the file's metadata, so ``runtime.load_engine`` needs nothing else. After writing, the export runs both
-engines on a few synthetic images and fails if their detections differ.
+engines on a few synthetic images and the bundled COCO photos and fails if their detections differ.
 """
 
 import argparse
@@ -15,14 +15,17 @@ import sys
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import torch
 
+from backbone.fuse import fold_batchnorm
 from backbone.weights import atomic_write
 from runtime import EngineError, load_engine
 from runtime.eager import model_card
 from runtime.onnx import CARD_KEY, INPUT, OUTPUTS
+from runtime.preprocess import to_model_input
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .complexity import input_shape
@@ -31,6 +34,7 @@ from .model import Detector
 from .synthetic import render_image
 
 OPSET = 17
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
 # Check shapes: the usual 4:3 landscape, a portrait and a panorama (the graph must not be fixed to one size).
 CHECK_SHAPES = ((384, 512), (512, 384), (240, 640))
 
@@ -42,7 +46,8 @@ class ExportMismatch(RuntimeError):
 def export_onnx(detector: Detector, path: str | Path) -> None:
     """Write ``detector`` as ONNX with its model card to ``path``, atomically."""
     path = Path(path)
-    net = detector.model.eval()
+    # BatchNorm folded into the convolutions: an exported (Frozen)BatchNorm is a multiply and an add per layer.
+    net = fold_batchnorm(detector.model.eval())
     height, width = input_shape(detector.config)
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the tracer's notes on torchvision's shape arithmetic are expected
@@ -63,17 +68,30 @@ def export_onnx(detector: Detector, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(model.SerializeToString()))
 
 
-def compare_engines(checkpoint: Path, exported: Path, shapes=CHECK_SHAPES) -> dict:
-    """Largest box (px) and score differences between the two engines on synthetic images; labels must agree."""
-    torch_engine, onnx_engine = load_engine(checkpoint, "torch"), load_engine(exported, "onnxruntime")
-    worst = {"box_px": 0.0, "score": 0.0, "images": len(shapes), "detections": 0}
-    for seed, (height, width) in enumerate(shapes):
+def check_images(config) -> list[tuple[str, np.ndarray]]:
+    """Synthetic images of three shapes (a landscape, a portrait, a panorama: the graph must not be fixed to one
+    size) and the bundled real COCO photos, each as the engines take it (RGB float (3, H, W) in 0..1)."""
+    images = []
+    for seed, (height, width) in enumerate(CHECK_SHAPES):
         image = render_image(seed, 0, image_size=(height, width))[0]
-        array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255
+        images.append((f"synthetic {height}x{width}", np.ascontiguousarray(image.transpose(2, 0, 1), np.float32) / 255))
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:4]:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        images.append((path.name, to_model_input(bgr, config.min_size, config.max_size)))
+    return images
+
+
+def compare_engines(checkpoint: Path, exported: Path) -> dict:
+    """Largest box (px) and score differences between the two engines; labels must agree."""
+    torch_engine, onnx_engine = load_engine(checkpoint, "torch"), load_engine(exported, "onnxruntime")
+    images = check_images(torch_engine.card.config)
+    worst = {"box_px": 0.0, "score": 0.0, "images": len(images), "detections": 0}
+    for name, array in images:
         (a,), (b,) = torch_engine.predict([array]), onnx_engine.predict([array])
         if len(a.labels) != len(b.labels) or not np.array_equal(a.labels, b.labels):
-            raise ExportMismatch(f"{exported}: the engines disagree on a {height}x{width} image ({len(a.labels)} "
-                             f"vs {len(b.labels)} detections)")  # fmt: skip
+            raise ExportMismatch(
+                f"{exported}: the engines disagree on {name} ({len(a.labels)} vs {len(b.labels)} detections)"
+            )
         if len(a.labels):
             worst["box_px"] = max(worst["box_px"], float(np.abs(a.boxes - b.boxes).max()))
             worst["score"] = max(worst["score"], float(np.abs(a.scores - b.scores).max()))
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MB); against PyTorch on {check['images']} "
-          f"synthetic images ({check['detections']} detections): boxes within {check['box_px']:.4f} px, "
+          f"synthetic and real images ({check['detections']} detections): boxes within {check['box_px']:.4f} px, "
           f"scores within {check['score']:.2e}")  # fmt: skip
     return 0
 

@@ -39,12 +39,18 @@ def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights
     """torchvision's FasterRCNN with every part built from ``config``.
 
     ``num_classes`` counts background (K categories -> K + 1). ``backbone_weights``: a local ImageNet
-    state dict for the backbone (strictly checked). Inputs: list of (3, H, W) tensors in 0..1; in eval mode
+    state dict for the backbone (strictly checked), or an OpenVINO IR holding it (NanoDet-m's).
+    Inputs: list of (3, H, W) tensors in 0..1; in eval mode
     outputs boxes as [x1, y1, x2, y2] in the input images' pixels, labels 1..K and scores.
     """
-    body = create_backbone(config.backbone, features_only=True, weights=backbone_weights)
-    if not config.trainable_backbone:
-        body.requires_grad_(False)
+    body = create_backbone(
+        config.backbone,
+        features_only=True,
+        weights=backbone_weights,
+        activation=config.backbone_activation,
+        frozen_batchnorm=config.frozen_batchnorm,
+    )
+    body.set_trainable_layers(config.trainable_backbone_layers)
     backbone = BackboneWithFPN(body, config.neck_channels)
     num_levels = len(body.feature_info) + 1  # plus the max-pooled level
     if len(config.anchor_sizes) != num_levels:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from backbone.weights import WeightsError
 from eval.inference import run_detector
 from eval.scoring import score_results
 
@@ -26,7 +27,9 @@ from . import distributed as dist
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import CONFIGS, DEFAULT_CONFIG, DetectorConfig, get_config
 from .data import CocoDetectionDataset, DatasetError, make_loader, set_epoch
+from .distill import write_distilled_set
 from .model import Detector
+from .nanodet import ATTRIBUTION as NANODET_ATTRIBUTION
 from .synthetic import default_dataset
 
 
@@ -40,6 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     data.add_argument("--train-annotations", type=Path, help="COCO instances JSON for the training images")
     data.add_argument("--val-images", type=Path, help="folder of validation images")
     data.add_argument("--val-annotations", type=Path, help="COCO instances JSON for the validation images")
+    data.add_argument(
+        "--teacher",
+        type=Path,
+        help="a teacher's OpenVINO IR (NanoDet-m's .xml): its detections label every class the training set lacks",
+    )
+    data.add_argument(
+        "--teacher-score", type=float, default=0.35, help="lowest teacher score kept as a label (default: 0.35)"
+    )
     model = p.add_argument_group("model")
     model.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS), help="named configuration")
     model.add_argument(
@@ -50,7 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FIELD=VALUE",
         help="override a config field (JSON value), e.g. --set min_size=300 --set 'train_min_sizes=[300]'",
     )
-    model.add_argument("--pretrained-backbone", type=Path, help="local ImageNet state dict for the backbone")
+    model.add_argument(
+        "--pretrained-backbone",
+        type=Path,
+        help="local backbone weights: an ImageNet state dict, or an OpenVINO IR holding the body (NanoDet-m's .xml)",
+    )
     model.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=26)
@@ -79,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "lr"):
@@ -90,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("give --train-images and --train-annotations together")
     if (args.val_images is None) != (args.val_annotations is None):
         p.error("give --val-images and --val-annotations together")
+    if args.teacher is not None and args.train_images is None:
+        p.error("--teacher labels a dataset given with --train-images and --train-annotations")
+    if not 0 < args.teacher_score <= 1:
+        p.error(f"--teacher-score is a score in (0, 1], got {args.teacher_score}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be positive, got {args.threads}")
     if args.amp and not args.device.startswith("cuda"):
         p.error("--amp needs a CUDA device")
     try:
@@ -136,6 +158,19 @@ def build_datasets(args: argparse.Namespace) -> tuple[CocoDetectionDataset, Coco
         train_images, train_ann = default_dataset("train")
     else:
         train_images, train_ann = args.train_images, args.train_annotations
+    if args.teacher is not None:
+        merged = args.output_dir / "distilled_annotations.json"
+        if dist.is_main():
+            merged = write_distilled_set(
+                args.teacher,
+                train_images,
+                train_ann,
+                args.output_dir,
+                min_score=args.teacher_score,
+                progress=not args.no_progress,
+            )
+        dist.barrier()
+        train_ann = merged
     train = CocoDetectionDataset(train_images, train_ann, train=True, hflip=args.hflip)
     if args.val_images is not None:
         val_images, val_ann = args.val_images, args.val_annotations
@@ -161,6 +196,8 @@ def evaluate(detector: Detector, val: CocoDetectionDataset, batch_size: int) -> 
 
 
 def train(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dist.init_from_env(args.device)
     device = dist.device_for(args.device)
     torch.manual_seed(args.seed + dist.rank())
@@ -176,7 +213,7 @@ def train(args: argparse.Namespace) -> int:
         config,
         train_set.categories,
         backbone_weights=str(args.pretrained_backbone) if args.pretrained_backbone else None,
-        provenance={"dataset": {"train": str(train_set.annotation_file), "val": str(val_set.annotation_file)}},
+        provenance=_provenance(args, train_set, val_set),
     )
     if resume_state is not None:
         detector.model.load_state_dict(resume_state["state_dict"])
@@ -213,7 +250,7 @@ def train(args: argparse.Namespace) -> int:
                 log.write({"epoch": epoch + 1, "eval": metrics})
                 dist.log_main(f"epoch {epoch + 1}: AP {metrics['stats']['AP']:.4f} AP50 {metrics['stats']['AP50']:.4f}")
         if dist.is_main():
-            detector.provenance.update(epochs=epoch + 1, metrics=metrics, command=" ".join(sys.argv))
+            detector.provenance.update(epochs=epoch + 1, metrics=metrics)
             state = {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -266,6 +303,24 @@ def _train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters, 
     bar.close()
 
 
+def _provenance(args: argparse.Namespace, train_set: CocoDetectionDataset, val_set: CocoDetectionDataset) -> dict:
+    """Where the model came from, without this machine's paths: files by name, the command by its arguments."""
+    provenance = {
+        "dataset": {"train": train_set.annotation_file.name, "val": val_set.annotation_file.name},
+        "images": {"train": len(train_set), "val": len(val_set)},
+        "command": "python -m detector.train " + " ".join(sys.argv[1:]),
+    }
+    if args.pretrained_backbone:
+        provenance["backbone_weights"] = args.pretrained_backbone.name
+    if args.teacher:
+        provenance["teacher"] = {"weights": args.teacher.name, "min_score": args.teacher_score}
+        if args.teacher.suffix == ".xml":
+            provenance["attribution"] = NANODET_ATTRIBUTION
+    elif args.pretrained_backbone and args.pretrained_backbone.suffix == ".xml":
+        provenance["attribution"] = NANODET_ATTRIBUTION
+    return provenance
+
+
 def _read_resume(path: Path, config: DetectorConfig) -> dict:
     payload = read_checkpoint(path)
     if "training" not in payload:
@@ -290,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return train(args)
-    except (DatasetError, CheckpointError) as exc:
+    except (DatasetError, CheckpointError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

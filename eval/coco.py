@@ -1,6 +1,7 @@
 """COCO box AP of a checkpoint (or of a results file), with model cost and speed, as a paper reports them.
 
-    python eval/coco.py                                   # the demo checkpoint on the synthetic val split
+    python eval/coco.py --images val2017 --annotations instances_val2017.json   # the bundled COCO model
+    python eval/coco.py                                   # the synthetic-shapes demo model on its val split
     python eval/coco.py --checkpoint C.pt --images val2017 --annotations instances_val2017.json --min-size 600
     python eval/coco.py --results detections.json --annotations instances_val2017.json
     torchrun --nproc-per-node 4 eval/coco.py ...          # images sharded over processes, same numbers
@@ -27,7 +28,8 @@ from dataclasses import replace  # noqa: E402
 import torch  # noqa: E402
 
 from detector import distributed  # noqa: E402
-from detector.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint  # noqa: E402
+from detector.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from detector.config import DEFAULT_CHECKPOINT, DEMO_CHECKPOINT  # noqa: E402
 from detector.data import CocoDetectionDataset, DatasetError, load_coco, missing_images  # noqa: E402
 from eval.inference import run_detector  # noqa: E402
 from eval.report import plot_pr_curves, render_text  # noqa: E402
@@ -48,7 +50,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python eval/coco.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, help=f"detector checkpoint (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help=f"detector checkpoint (default: models/{DEFAULT_CHECKPOINT.name} with --images, "
+        f"models/{DEMO_CHECKPOINT.name} on the synthetic val split)",
+    )
     p.add_argument("--images", type=Path, help="images directory (with --annotations; default: synthetic val)")
     p.add_argument("--annotations", type=Path, help="COCO instances JSON, e.g. instances_val2017.json")
     p.add_argument("--results", type=Path, help="score this COCO results JSON; no model is run")
@@ -131,7 +138,9 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         speed = cost = None
     else:
         distributed.init_from_env(args.device)
-        detector = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, device=distributed.device_for(args.device))
+        if args.checkpoint is None:
+            args.checkpoint = DEFAULT_CHECKPOINT if args.images else DEMO_CHECKPOINT
+        detector = load_checkpoint(args.checkpoint, device=distributed.device_for(args.device))
         if args.min_size:  # the checkpoint's configuration stays as trained; only the test resize changes
             detector.model.transform.min_size = (args.min_size,)
         images, annotations = (args.images, args.annotations) if args.images else _default_data()
@@ -147,7 +156,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         cost = _cost(test_config, detector)
         evaluated = {
             "mode": "model",
-            "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT),
+            "checkpoint": str(args.checkpoint),
             "config": config.name,
             "provenance": detector.provenance,
             "images": str(images),

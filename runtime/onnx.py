@@ -30,6 +30,26 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def card_of(session: ort.InferenceSession, path: Path) -> ModelCard:
+    """The model card in an export's metadata; an error that says what to do when there is none."""
+    metadata = session.get_modelmeta().custom_metadata_map
+    if CARD_KEY not in metadata:
+        raise EngineError(f"{path}: an ONNX file without a model card; export it with python -m detector.export")
+    try:
+        return ModelCard.from_json(metadata[CARD_KEY])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EngineError(f"{path}: its model card does not describe a detector: {exc}") from exc
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The model card of the export at ``path`` (for engines that do not read ONNX metadata themselves)."""
+    try:
+        session = _session(Path(path), 1)
+    except Exception as exc:
+        raise EngineError(f"{path}: not a loadable ONNX model: {str(exc).strip().splitlines()[0]}") from exc
+    return card_of(session, Path(path))
+
+
 class OnnxEngine:
     name = "onnxruntime"
 
@@ -42,13 +62,7 @@ class OnnxEngine:
             self._each = _session(path, 1) if threads > 1 else self._lone
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
             raise EngineError(f"{path}: not a loadable ONNX model: {str(exc).strip().splitlines()[0]}") from exc
-        metadata = self._lone.get_modelmeta().custom_metadata_map
-        if CARD_KEY not in metadata:
-            raise EngineError(f"{path}: an ONNX file without a model card; export it with python -m detector.export")
-        try:
-            self.card = ModelCard.from_json(metadata[CARD_KEY])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise EngineError(f"{path}: its model card does not describe a detector: {exc}") from exc
+        self.card = card_of(self._lone, path)
         names = [i.name for i in self._lone.get_inputs()], [o.name for o in self._lone.get_outputs()]
         if names != ([INPUT], OUTPUTS):
             raise EngineError(f"{path}: expected input {INPUT!r} and outputs {OUTPUTS}, found {names}")

@@ -9,6 +9,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 COCO128 = SHARED_DATA / "coco128"
 COCOAPI_FIXTURES = SHARED_DATA / "cocoapi_fixtures"
+COCO_PERSONS = SHARED_DATA / "coco2017_persons"
+NANODET_IR = REPO.parent / "shared" / "weights" / "nanodet_m" / "nanodet_m.xml"
 
 # Two cores: keep each test process on one intra-op thread so parallel work does not thrash.
 torch.set_num_threads(1)
@@ -26,3 +28,17 @@ def cocoapi_fixtures() -> Path:
     if not COCOAPI_FIXTURES.is_dir():
         pytest.fail(f"the COCO API fixtures are missing: expected {COCOAPI_FIXTURES}")
     return COCOAPI_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def nanodet_ir() -> Path:
+    if not NANODET_IR.is_file():
+        pytest.fail(f"NanoDet-m's IR is missing: expected {NANODET_IR} (../shared/weights beside the repo)")
+    return NANODET_IR
+
+
+@pytest.fixture(scope="session")
+def coco_persons() -> Path:
+    if not (COCO_PERSONS / "instances.json").is_file():
+        pytest.fail(f"the COCO person set is missing: expected {COCO_PERSONS}")
+    return COCO_PERSONS

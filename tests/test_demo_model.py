@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from detector import CONFIGS, DEFAULT_CHECKPOINT, load_checkpoint, synthetic
+from detector import CONFIGS, DEMO_CHECKPOINT, load_checkpoint, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "service" / "static" / "sample.jpg"
@@ -18,11 +18,11 @@ SAMPLE = REPO / "service" / "static" / "sample.jpg"
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_checkpoint(DEFAULT_CHECKPOINT)
+    return load_checkpoint(DEMO_CHECKPOINT)
 
 
 def test_is_small_and_describes_itself(demo):
-    assert DEFAULT_CHECKPOINT.stat().st_size < 20 * 2**20
+    assert DEMO_CHECKPOINT.stat().st_size < 20 * 2**20
     assert demo.config == CONFIGS["edge"]  # the demo is the CPU default, as shipped
     assert demo.categories.names == ["circle", "square", "triangle", "star"]
     assert demo.provenance["metrics"]["stats"]["AP"] >= 0.6  # as measured by training on the val split

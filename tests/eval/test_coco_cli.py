@@ -210,6 +210,18 @@ BAD_INPUTS = {
         "missing under",
     ),
     "images without annotations": (lambda t, c, f, k: ["--images", str(t)], "go together"),
+    # The shapes model's ids 1, 2, 4, 7 are COCO's person, bicycle, motorcycle, train: not the same classes.
+    "category names differ": (
+        lambda t, c, f, k: [
+            "--checkpoint",
+            str(REPO / "models" / "demo.pt"),
+            "--images",
+            str(c / "images"),
+            "--annotations",
+            str(c / "instances.json"),
+        ],
+        "names the model's categories differently (id 1 is 'circle' to the model but 'person' there",
+    ),
     "bad batch size": (lambda t, c, f, k: ["--batch-size", "0"], "at least 1"),
 }
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from detector import DEFAULT_CHECKPOINT, DEFAULT_EXPORT
+from detector import DEMO_CHECKPOINT, DEMO_EXPORT
 from runtime import EngineError, load_engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def sample_array(path: Path = SAMPLE) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def engines():
-    pair = load_engine(DEFAULT_CHECKPOINT, threads=1), load_engine(DEFAULT_EXPORT, threads=2)
+    pair = load_engine(DEMO_CHECKPOINT, threads=1), load_engine(DEMO_EXPORT, threads=2)
     yield pair
     for engine in pair:
         engine.close()
@@ -72,7 +72,7 @@ def test_onnx_engine_needs_no_torch():
         "from runtime import load_engine\n"
         f"image = cv2.cvtColor(cv2.imread({str(SAMPLE)!r}), cv2.COLOR_BGR2RGB)\n"
         "array = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255\n"
-        f"engine = load_engine({str(DEFAULT_EXPORT)!r})\n"
+        f"engine = load_engine({str(DEMO_EXPORT)!r})\n"
         "(found,) = engine.predict([array])\n"
         "print(json.dumps({'confident': int((found.scores >= 0.5).sum()), 'classes': engine.card.categories.names}))\n"
     )
@@ -103,4 +103,4 @@ def test_bad_model_files_raise_one_clear_error(tmp_path):
     with pytest.raises(EngineError, match="missing.pt: no such checkpoint file"):
         load_engine(tmp_path / "missing.pt")
     with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
-        load_engine(DEFAULT_EXPORT, "tensorrt")
+        load_engine(DEMO_EXPORT, "tensorrt")

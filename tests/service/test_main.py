@@ -42,9 +42,9 @@ def test_flags_override_the_environment(captured, monkeypatch, checkpoint):
     assert captured["options"]["host"] == "127.0.0.1" and captured["options"]["port"] == 8123
 
 
-def test_serves_the_demo_export_on_onnx_runtime_by_default(captured):
+def test_serves_the_coco_export_on_onnx_runtime_by_default(captured):
     assert main_module.main([]) == 0
-    assert captured["settings"].checkpoint == DEFAULT_EXPORT and DEFAULT_EXPORT.name == "demo.onnx"
+    assert captured["settings"].checkpoint == DEFAULT_EXPORT and DEFAULT_EXPORT.name == "coco.onnx"
     assert captured["app"].state.engine.name == "onnxruntime"
 
 

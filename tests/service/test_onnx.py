@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from detector import DEFAULT_EXPORT
+from detector import DEMO_EXPORT
 
 from .conftest import live_server
 
@@ -27,7 +27,7 @@ WITHOUT_TORCH = [
 @pytest.fixture(scope="module")
 def onnx_server(tmp_path_factory):
     with live_server(
-        DEFAULT_EXPORT,
+        DEMO_EXPORT,
         tmp_path_factory.mktemp("onnx"),
         "--threads",
         "2",
