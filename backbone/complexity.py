@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .cli import HelpFormatter
 from .registry import BACKBONES, create_backbone
 
 
@@ -71,16 +72,27 @@ def backbone_complexity(name: str, size: int = 224) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backbone.complexity",
         description="Multiply-adds (the paper's FLOPs) and parameters of every ShuffleNet configuration.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--size", type=int, default=224, help="square input size (default: 224)")
+    parser.add_argument("--size", type=int, default=224, help="square input size")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.size < 32:
         parser.error(f"--size must be at least 32, got {args.size}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be positive, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [backbone_complexity(name, args.size) for name in BACKBONES]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
+from .cli import HelpFormatter
 from .registry import BACKBONES, create_backbone
 from .weights import atomic_save
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="Classification pretraining of a ShuffleNet backbone on an ImageFolder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="ImageFolder root holding train/ and val/")
     p.add_argument("--arch", required=True, metavar="NAME", help="a backbone name, e.g. shufflenet_v1_g3_1x")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     p.add_argument("--limit-steps", type=int, default=None, help="cap train and val batches per epoch (smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (plus the process rank)")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
     return p
 
 
@@ -79,7 +81,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Raise UsageError naming the first bad argument; fill in the documented defaults."""
     if args.arch not in BACKBONES:
         raise UsageError(f"unknown --arch {args.arch!r}; known: {', '.join(BACKBONES)}")
-    for flag in ("epochs", "batch_size", "image_size", "limit_steps", "lr"):
+    for flag in ("epochs", "batch_size", "image_size", "limit_steps", "lr", "threads"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
@@ -349,6 +351,8 @@ def build_state(args: argparse.Namespace, num_classes: int, steps_per_epoch: int
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info, device = init_distributed(args.device)
     torch.manual_seed(args.seed + info.rank)
     torch.backends.cudnn.benchmark = True

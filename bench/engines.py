@@ -23,6 +23,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from backbone.cli import HelpFormatter  # noqa: E402
 from runtime import Detections, load_engine  # noqa: E402
 
 ENGINES = ("pytorch-eager", "torchscript", "torch-export", "onnxruntime", "onnxruntime-int8")
@@ -176,16 +177,16 @@ def timing_images(val_images: list[Path], count: int, min_size: int, max_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument(
         "--checkpoint",
         type=Path,
         default=REPO / "models" / "demo.pt",
-        help="a .pt checkpoint with its export beside it (.onnx, from python -m detector.export)",
+        help="a .pt checkpoint with its export beside it (.onnx, from python -m tools.export)",
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="inference threads of every engine")
     parser.add_argument("--batch", type=int, default=4, help="the batched measurement's size")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, each over every engine (medians reported)")
     parser.add_argument("--limit", type=int, default=200, help="validation images scored for AP")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "engines", help="for the int8 model")
     parser.add_argument("--json", action="store_true", help="print the table as JSON only")
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     files = model_files(args)
     for name in ("pytorch-eager", "onnxruntime"):
         if not files[name].is_file():
-            parser.error(f"{files[name]}: missing (run python -m detector.export --checkpoint {args.checkpoint})")
+            parser.error(f"{files[name]}: missing (run python -m tools.export --checkpoint {args.checkpoint})")
 
     from detector.synthetic import default_dataset
 

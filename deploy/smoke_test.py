@@ -4,7 +4,12 @@ For each platform: build (``--pull=never``: the base comes from deploy/podman-se
 run it with host networking, wait for /readyz, check the HEALTHCHECK, the unprivileged user and that torch is
 absent, then POST the bundled sample and check the detections. With two platforms, the arm64 detections
 (under qemu emulation) must match the amd64 ones: same labels, boxes within 1 px, scores within 1e-3.
-``--compose`` also runs ``docker compose up`` through podman's Docker-compatible socket.
+``--compose`` also runs ``docker compose up`` through podman's Docker-compatible socket, then bench/hostile.py
+against it under compose's limits: no 5xx but 503s, no OOM kill, no restart, still running.
+
+Every port is checked to be free before a container is started on it (with host networking another process
+listening there would answer instead), and a container counts as up only while podman says it is running
+(``podman container exists`` is also true for one that exited, say because it could not bind its port).
 
 Under qemu-user emulation an arm64 process reads the host's x86 /proc/cpuinfo, which ONNX Runtime's CPU
 detection (pytorch/cpuinfo) cannot parse: it crashes at import (SIGSEGV). The emulated container therefore
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +37,8 @@ SAMPLE = REPO / "service" / "static" / "sample.jpg"
 IMAGE = "localhost/shufflenet-detect"
 SOCKET = "/run/podman/smoke-test.sock"
 FAKE_CPUINFO = {"arm64": Path(__file__).resolve().parent / "qemu" / "cpuinfo-arm64"}
+# podman's configuration for these builds, as deploy/podman-setup.sh sets it: the host's /etc/containers is not used.
+CONTAINERS = Path(__file__).resolve().parent / "containers"
 
 
 class SmokeError(RuntimeError):
@@ -44,16 +52,44 @@ def run(*command: str, check: bool = True, **options) -> subprocess.CompletedPro
     return out
 
 
-def wait_ready(url: str, timeout: float, container: str | None = None) -> float:
+def require_free_port(port: int) -> None:
+    """SmokeError if something listens on ``port``: with host networking it, not the container, would answer."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise SmokeError(f"port {port} is in use ({exc.strerror}): stop what listens there first") from None
+
+
+def container_state(name: str) -> dict:
+    """podman's State of a container: Status, Running, ExitCode, OOMKilled, Pid, and its RestartCount."""
+    out = run("podman", "container", "inspect", "--format", "{{json .State}}|{{.RestartCount}}", name, check=False)
+    if out.returncode != 0:
+        return {"Status": "absent", "Running": False}
+    state, restarts = out.stdout.strip().rsplit("|", 1)
+    return {**json.loads(state), "RestartCount": int(restarts)}
+
+
+def require_running(name: str) -> dict:
+    state = container_state(name)
+    if not state["Running"]:
+        logs = run("podman", "logs", "--tail", "20", name, check=False)
+        tail = (logs.stdout + logs.stderr)[-2000:]
+        raise SmokeError(f"container {name} is {state['Status']} (exit {state.get('ExitCode')}):\n{tail}")
+    return state
+
+
+def wait_ready(url: str, timeout: float, container: str) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
+        require_running(container)  # before asking: another process on the port must not pass for it
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                require_running(container)
                 return time.monotonic() - start
         except httpx.TransportError:
             pass
-        if container and run("podman", "container", "exists", container, check=False).returncode != 0:
-            raise SmokeError(f"container {container} exited before it was ready")
         time.sleep(1)
     raise SmokeError(f"{url} not ready within {timeout:.0f} s")
 
@@ -64,9 +100,9 @@ def detect(url: str, timeout: float = 120) -> dict:
     if response.status_code != 200:
         raise SmokeError(f"POST /detect: {response.status_code} {response.text[:300]}")
     body = response.json()
-    confident = [d for d in body["results"][0]["detections"] if d["score"] >= 0.5]
-    if len(confident) < 5:
-        raise SmokeError(f"expected the sample's shapes (>= 5 confident detections), got {len(confident)}")
+    confident = {d["label"] for d in body["results"][0]["detections"] if d["score"] >= 0.5}
+    if "bus" not in confident:  # the sample photo is a bus with a person (service/static/SAMPLE_SOURCE.txt)
+        raise SmokeError(f"expected the sample photo's bus at score >= 0.5, got {sorted(confident)}")
     return body
 
 
@@ -90,6 +126,7 @@ def check_platform(platform: str, port: int, build: bool, emulated: bool) -> dic
         emulation = ["-e", "SERVICE_WARMUP_RUNS=1", "-e", "SERVICE_REQUEST_TIMEOUT_S=600"]
         if arch in FAKE_CPUINFO:
             emulation += ["-v", f"{FAKE_CPUINFO[arch]}:/proc/cpuinfo:ro"]
+    require_free_port(port)
     run("podman", "run", "-d", "--name", name, "--network", "host", "--platform", platform, *emulation,
         "-e", "SERVICE_HOST=127.0.0.1", "-e", f"SERVICE_PORT={port}", tag)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -138,8 +175,10 @@ def same_detections(a: list[dict], b: list[dict]) -> dict:
     return {"detections": len(a), "max_box_px": box, "max_score": score}
 
 
-def check_compose(compose: str) -> dict:
-    """``docker compose up`` through podman's socket (classic builder), on the amd64 image built above."""
+def check_compose(compose: str, hostile_s: float) -> dict:
+    """``docker compose up`` through podman's socket (classic builder), on the amd64 image built above; then
+    ``hostile_s`` seconds of bench/hostile.py against it, under compose's limits."""
+    require_free_port(8000)
     run("podman", "tag", f"{IMAGE}:amd64", "shufflenet-detect:latest")
     Path(SOCKET).parent.mkdir(parents=True, exist_ok=True)
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{SOCKET}"],
@@ -152,17 +191,40 @@ def check_compose(compose: str) -> dict:
                 break
             time.sleep(0.2)
         run(*compose_cmd, "up", "-d", "--no-build", env=env, timeout=600)
-        ready = wait_ready("http://127.0.0.1:8000", 300)
-        body = detect("http://127.0.0.1:8000")
-        ps = run(*compose_cmd, "ps", "--format", "json", env=env).stdout
+        ps = run(*compose_cmd, "ps", "--all", "--format", "json", env=env).stdout
         # One JSON object a line; only what says the service ran (the rest holds this machine's paths).
         entries = [json.loads(line) for line in ps.splitlines() if line.strip()]
-        services = [{key: entry[key] for key in ("Name", "Image", "State", "Status")} for entry in entries]
-        return {"ready_s": round(ready, 1), "detections": len(body["results"][0]["detections"]), "ps": services}
+        if len(entries) != 1:
+            raise SmokeError(f"expected one compose container, found {len(entries)}")
+        name = entries[0]["Name"]
+        ready = wait_ready("http://127.0.0.1:8000", 300, name)
+        body = detect("http://127.0.0.1:8000")
+        report = {"ready_s": round(ready, 1), "detections": len(body["results"][0]["detections"])}
+        report["hostile"] = hostile("http://127.0.0.1:8000", require_running(name)["Pid"], hostile_s)
+        state = require_running(name)
+        report["after_hostile"] = {key: state[key] for key in ("Status", "OOMKilled", "RestartCount")}
+        ps = run(*compose_cmd, "ps", "--format", "json", env=env).stdout
+        entries = [json.loads(line) for line in ps.splitlines() if line.strip()]
+        report["ps"] = [{key: entry[key] for key in ("Name", "Image", "State", "Status")} for entry in entries]
+        problems = [
+            f"{report['hostile']['responses_5xx']} 5xx answers" * (report["hostile"]["responses_5xx"] > 0),
+            "OOM-killed" * bool(state["OOMKilled"]),
+            f"restarted {state['RestartCount']} times" * (state["RestartCount"] > 0),
+        ]
+        if any(problems):
+            raise SmokeError(f"compose under attack: {', '.join(p for p in problems if p)}")
+        return report
     finally:
         run(*compose_cmd, "down", env=env, check=False, timeout=120)
         service.terminate()
         service.wait(timeout=30)
+
+
+def hostile(url: str, pid: int, seconds: float) -> dict:
+    """bench/hostile.py against ``url`` (the container's process ``pid``, for its memory): its JSON report."""
+    out = run(sys.executable, str(REPO / "bench" / "hostile.py"), "--url", url, "--server-pid", str(pid),
+              "--duration", str(seconds), "--json", timeout=seconds + 300)  # fmt: skip
+    return json.loads(out.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compose", action="store_true", help="also run docker compose up through podman")
     parser.add_argument("--no-build", dest="build", action="store_false", help="use the images built before")
     parser.add_argument("--port", type=int, default=18080, help="first host port for the containers")
+    parser.add_argument("--hostile-s", type=float, default=60, help="seconds of bench/hostile.py against compose")
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "docker-test.json")
     args = parser.parse_args(argv)
+    os.environ.setdefault("CONTAINERS_CONF", str(CONTAINERS / "containers.conf"))
+    os.environ.setdefault("CONTAINERS_STORAGE_CONF", str(CONTAINERS / "storage.conf"))
     if shutil.which("podman") is None:
         parser.error("podman is not installed: run deploy/podman-setup.sh (as root) first")
     compose = next(iter(sorted(Path(sys.prefix).glob("lib/python3*/site-packages/compose/docker-compose"))), None)
@@ -193,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             report["platforms_agree"] = same_detections(a, b)
             print(f"amd64 and arm64 agree: {report['platforms_agree']}", flush=True)
         if args.compose:
-            report["compose"] = check_compose(str(compose))
-            print(f"docker compose up: ready in {report['compose']['ready_s']} s", flush=True)
+            report["compose"] = check_compose(str(compose), args.hostile_s)
+            figures = {k: report["compose"]["hostile"][k] for k in ("responses_5xx", "peak_rss_mb", "healthz_p99_ms")}
+            print(f"docker compose up: ready in {report['compose']['ready_s']} s; under attack {figures}", flush=True)
     except (SmokeError, subprocess.TimeoutExpired, httpx.HTTPError) as exc:
         print(f"docker-test failed: {exc}", file=sys.stderr)
         return 1

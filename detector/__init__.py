@@ -1,11 +1,12 @@
 """Faster R-CNN detectors on ShuffleNet backbones: configurations, model, checkpoints, data and training.
 
-Categories and configurations are plain Python; everything else needs torch and is imported on first use, so
-that the torch-free ONNX Runtime engine (``runtime/``) can read a model's configuration and categories.
+Categories, configurations and the model card are plain Python; everything else needs torch and is imported on
+first use, so that the torch-free ONNX Runtime engine (``runtime/``) can read a model's card.
 """
 
 import importlib
 
+from .card import ModelCard
 from .categories import Category, CategoryMap
 from .config import (
     CONFIGS,
@@ -23,6 +24,7 @@ _NEEDS_TORCH = {
     "load_checkpoint": ".checkpoint",
     "read_checkpoint": ".checkpoint",
     "save_checkpoint": ".checkpoint",
+    "model_card": ".checkpoint",
     "BackboneWithFPN": ".model",
     "Detector": ".model",
     "build_detector": ".model",
@@ -45,6 +47,7 @@ __all__ = [
     "Category",
     "CategoryMap",
     "DetectorConfig",
+    "ModelCard",
     "get_config",
     *_NEEDS_TORCH,
 ]

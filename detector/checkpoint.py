@@ -6,13 +6,16 @@ optimizer state under "training" so that ``--resume`` continues exactly. Saving 
 """
 
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from backbone.weights import atomic_save
 
+from .card import ModelCard
 from .categories import CategoryMap
+from .complexity import detector_complexity
 from .config import DEFAULT_CHECKPOINT, DetectorConfig
 from .model import Detector
 
@@ -67,11 +70,19 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(
+            f"{path}: an ONNX export, not a checkpoint; give the .pt checkpoint it was exported from "
+            "(exports run through runtime.load_engine, as the service does)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zips, pickles of other things, random bytes: all one problem to a user
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: {first})") from exc
+        # torch's own message runs to paragraphs about pickling; its type is all that helps here.
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (expected a .pt file from python -m tools.train; torch.load "
+            f"failed with {type(exc).__name__}: the file is truncated or not a torch file)"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a shufflenet-detect checkpoint (expected format {FORMAT!r})")
     for key in ("config", "categories", "state_dict"):
@@ -80,11 +91,20 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | torch.device = "cpu") -> Detector:
-    """A ready ``Detector`` in eval mode on ``device``: configuration, categories and weights all from ``path``."""
+def load_checkpoint(
+    path: str | Path = DEFAULT_CHECKPOINT,
+    *,
+    device: str | torch.device = "cpu",
+    config_overrides: Mapping[str, object] | None = None,
+) -> Detector:
+    """A ready ``Detector`` in eval mode on ``device``: configuration, categories and weights all from ``path``.
+
+    ``config_overrides`` replaces configuration fields that do not shape the weights (e.g. the test short side
+    ``min_size`` for evaluation at another size); the detector's ``config`` then says what it runs.
+    """
     payload = read_checkpoint(path)
     try:
-        config = DetectorConfig.from_dict(payload["config"])
+        config = DetectorConfig.from_dict({**payload["config"], **(config_overrides or {})})
         categories = CategoryMap.from_coco(payload["categories"])
         detector = Detector(config, categories, provenance=payload.get("provenance"))
     except (ValueError, TypeError, KeyError) as exc:
@@ -96,3 +116,10 @@ def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, *, device: str | torc
         raise CheckpointError(f"{path}: weights do not fit its configuration: {' '.join(first[:3])}") from exc
     detector = detector.to(device).eval()
     return detector.channels_last() if torch.device(device).type == "cpu" else detector
+
+
+def model_card(detector: Detector) -> ModelCard:
+    """The card of a loaded detector; counting its cost runs one image through a fresh copy of the network."""
+    cost = detector_complexity(detector.config, detector.categories)
+    cost = {key: cost[key] for key in ("input_size", "macs", "macs_by_part", "params")}
+    return ModelCard(detector.config, detector.categories, cost, dict(detector.provenance))

@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from backbone.cli import HelpFormatter
 from backbone.complexity import count_macs_by_part, count_params
 
 from .categories import Category, CategoryMap
@@ -54,10 +55,11 @@ def detector_complexity(config: DetectorConfig, categories: CategoryMap | None =
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m detector.complexity",
         description="Multiply-adds and parameters of a detector configuration (80 COCO classes), part by part.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--config",
@@ -65,7 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"one configuration (default: all; {DEFAULT_CONFIG!r} is the CPU default)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be positive, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = [args.config] if args.config else list(CONFIGS)
     rows = [detector_complexity(CONFIGS[name]) for name in names]
     if args.json:

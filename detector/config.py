@@ -1,15 +1,19 @@
 """Named detector configurations: plain data, in this one module.
 
 A configuration says everything needed to rebuild the network (the checkpoint stores it whole); a CLI flag
-may override a field through ``get_config(name, **overrides)``, and nothing else derives one.
+may override a field through ``get_config(name, **overrides)``, and nothing else derives one. Every
+configuration is checked when it is made (types and ranges, ``ConfigError`` naming the field), so a bad
+override fails before a model is built, not at the first evaluation. Configurations compare and hash by value.
 """
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import types
+import typing
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # The bundled COCO model (CONFIGS["coco_edge"], made by `make coco-model`), used when no checkpoint is given,
-# and its ONNX export (python -m detector.export), which the service runs by default: same detections, about
+# and its ONNX export (python -m tools.export), which the service runs by default: same detections, about
 # twice the speed and a fifth of the memory on a CPU (README, "Which engine: measured").
 DEFAULT_CHECKPOINT = MODELS_DIR / "coco.pt"
 DEFAULT_EXPORT = DEFAULT_CHECKPOINT.with_suffix(".onnx")
@@ -55,7 +59,9 @@ class DetectorConfig:
     backbone_activation: str = "relu"
     frozen_batchnorm: bool = False
     trainable_backbone_layers: int | None = None
-    extra: dict = field(default_factory=dict)  # free-form notes kept with the checkpoint
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,17 +72,108 @@ class DetectorConfig:
         # Checkpoints before trainable_backbone_layers said trainable_backbone: bool.
         if "trainable_backbone" in data:
             data.setdefault("trainable_backbone_layers", None if data.pop("trainable_backbone") else 0)
+        # Checkpoints and exports before configs were hashable carried an always-empty "extra" dict.
+        if data.get("extra") == {}:
+            del data["extra"]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown detector config keys: {', '.join(unknown)}")
+            raise ConfigError(f"unknown detector config keys: {', '.join(unknown)}")
         # JSON and torch.save turn tuples into lists; the dataclass is frozen, so restore tuples.
-        fixed = {k: _tuplify(v) if k != "extra" else v for k, v in data.items()}
-        return cls(**fixed)
+        return cls(**{k: _tuplify(v) for k, v in data.items()})
+
+
+class ConfigError(ValueError):
+    """A configuration field of the wrong type or out of range; the message names the field."""
 
 
 def _tuplify(value):
     return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+MIN_SIDE = 32  # the backbone's coarsest stride: a smaller image has no cell at stride 32
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _side(value) -> bool:
+    return value >= MIN_SIDE
+
+
+def _fraction(value) -> bool:
+    return 0 <= value <= 1
+
+
+# Ranges per field: a check for a field's value, or for each element of a tuple field; fields without an entry
+# (names, mean, sampling ratio: torchvision takes <= 0 as "adaptive") are checked for their type only.
+_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
+    "neck_channels": (_positive, "positive"),
+    "anchor_sizes": (lambda level: len(level) > 0 and all(s > 0 for s in level), "levels of positive sizes"),
+    "aspect_ratios": (_positive, "positive"),
+    "min_size": (_side, f"at least {MIN_SIDE}"),
+    "max_size": (_side, f"at least {MIN_SIDE}"),
+    "train_min_sizes": (_side, f"at least {MIN_SIDE}"),
+    "image_std": (_positive, "positive"),
+    "rpn_pre_nms_top_n_train": (_positive, "positive"),
+    "rpn_post_nms_top_n_train": (_positive, "positive"),
+    "rpn_pre_nms_top_n_test": (_positive, "positive"),
+    "rpn_post_nms_top_n_test": (_positive, "positive"),
+    "rpn_batch_size_per_image": (_positive, "positive"),
+    "roi_output_size": (_positive, "positive"),
+    "box_head_width": (_positive, "positive"),
+    "box_batch_size_per_image": (_positive, "positive"),
+    "box_score_thresh": (_fraction, "within 0..1"),
+    "box_nms_thresh": (_fraction, "within 0..1"),
+    "detections_per_img": (_positive, "positive"),
+    "trainable_backbone_layers": (lambda n: n is None or n >= 0, "None (all) or a count from 0"),
+}
+
+
+def validate(config: "DetectorConfig") -> None:
+    """Raise ``ConfigError`` naming the first field of ``config`` with a wrong type or an out-of-range value."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if not _has_type(value, f.type):
+            raise ConfigError(f"{config.name}: {f.name} must be {_type_name(f.type)}, got {value!r}")
+        if f.name in _RANGES:
+            check, wanted = _RANGES[f.name]
+            if value == ():
+                raise ConfigError(f"{config.name}: {f.name} must not be empty")
+            if not all(check(item) for item in (value if isinstance(value, tuple) else (value,))):
+                raise ConfigError(f"{config.name}: {f.name} must be {wanted}, got {value!r}")
+    counts = {len(level) for level in config.anchor_sizes}
+    if len(counts) > 1:  # the RPN head predicts one number of anchors for every location of every level
+        raise ConfigError(
+            f"{config.name}: anchor_sizes needs the same number of sizes on every level, got {config.anchor_sizes}"
+        )
+
+
+def _has_type(value, annotation) -> bool:
+    """Whether ``value`` fits a field annotation: int, float, str, bool, X | None, tuple[X, ...], tuple[X, Y]."""
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return any(_has_type(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args, strict=True))
+    raise TypeError(f"no check for annotation {annotation!r}")  # a new field type: teach _has_type
+
+
+def _type_name(annotation) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 # The paper's Table 7 (COCO minival, Faster R-CNN): ShuffleNet 1x and 2x, g=3, short side 300 and 600.
@@ -118,7 +215,7 @@ CONFIGS["edge_large"] = DetectorConfig(
     "edge_large", "shufflenet_v2_x1_0", neck_channels=96, box_head_width=256, **_EDGE
 )
 # The shipped COCO model: NanoDet-m's ShuffleNet v2 1.0x body (LeakyReLU, BatchNorm folded, hence frozen;
-# only stage 4 trains), distilled from NanoDet-m on COCO val2017 person images (README, "The COCO model").
+# none of it trains), distilled from NanoDet-m on COCO val2017 person images (README, "The COCO model").
 # NanoDet's normalisation, in RGB order and 0..1 scale, since its first conv learnt on it.
 NANODET_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
 NANODET_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
@@ -131,8 +228,8 @@ CONFIGS["coco_edge"] = DetectorConfig(
     image_std=NANODET_STD,
     backbone_activation="leaky_relu",
     frozen_batchnorm=True,
-    trainable_backbone_layers=1,
-    **{**_EDGE, "train_min_sizes": (288, 320, 352)},
+    trainable_backbone_layers=0,
+    **{**_EDGE, "train_min_sizes": (320,)},
 )
 DEFAULT_CONFIG = "edge"
 
@@ -140,10 +237,10 @@ DEFAULT_CONFIG = "edge"
 def get_config(name: str = DEFAULT_CONFIG, **overrides) -> DetectorConfig:
     """A named configuration with some fields overridden; an unknown name or field is an error."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown detector config {name!r}; known: {', '.join(CONFIGS)}")
+        raise ConfigError(f"unknown detector config {name!r}; known: {', '.join(CONFIGS)}")
     known = {f.name for f in fields(DetectorConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown detector config fields: {', '.join(unknown)}")
+        raise ConfigError(f"unknown detector config fields: {', '.join(unknown)}")
     # Overrides often come from JSON (lists); a config compares and hashes by value, so make them tuples.
-    return replace(CONFIGS[name], **{k: v if k == "extra" else _tuplify(v) for k, v in overrides.items()})
+    return replace(CONFIGS[name], **{k: _tuplify(v) for k, v in overrides.items()})

@@ -239,11 +239,14 @@ def make_loader(
     workers: int,
     distributed: bool = False,
     seed: int = 0,
+    rank: int = 0,
 ) -> DataLoader:
     """A DataLoader of (list of images, list of targets).
 
     Training: shuffled by ``seed`` and the epoch (a ``DistributedSampler``, over one replica unless
     ``distributed``) and batched by aspect-ratio group; call ``set_epoch(loader, epoch)`` before each epoch.
+    The shuffle is the same on every rank (each takes its share of one permutation); the workers' random
+    flips are seeded by ``seed + rank``, so that ranks do not flip alike.
     Evaluation: in index order (``distributed``: each rank takes every world_size-th image, and
     ``DistributedSampler`` repeats a few images so the ranks get equal shares).
     """
@@ -260,7 +263,7 @@ def make_loader(
         batch_sampler=batch_sampler,
         num_workers=workers,
         collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed),  # seeds the workers' RNGs (the random flips)
+        generator=torch.Generator().manual_seed(seed + rank),  # seeds the workers' RNGs (the random flips)
         persistent_workers=workers > 0,
     )
 

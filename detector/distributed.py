@@ -40,6 +40,16 @@ def barrier() -> None:
         td.barrier()
 
 
+def gather(obj: object) -> list | None:
+    """Every rank's ``obj`` on rank 0, in rank order (None on the others); ``[obj]`` in a lone process.
+    A collective: every rank must call it."""
+    if not td.is_initialized():
+        return [obj]
+    gathered = [None] * world() if is_main() else None
+    td.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel when in a process group, else the model itself."""
     if not td.is_initialized():

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -33,6 +34,25 @@ class BackboneWithFPN(nn.Module):
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         return self.fpn(OrderedDict(zip(self.level_names, self.body.forward_features(x), strict=True)))
+
+
+class TrainTestTransform(GeneralizedRCNNTransform):
+    """torchvision's resize-and-normalise with both input sizes inside: one short side sampled per batch from
+    ``train_min_sizes`` in training, ``test_min_size`` in eval, chosen by ``self.training`` alone.
+
+    So ``model.eval()`` anywhere (export, evaluation, a benchmark) gives the test size: torchvision's own
+    transform holds only the training choices and takes the last of them in eval mode. Its ``resize``
+    calls ``torch_choice(min_size)`` in training and reads ``min_size[-1]`` in eval; here ``min_size`` is the
+    training choices followed by the test size, and ``torch_choice`` never picks that last entry. The draw is
+    torchvision's, so the same RNG state picks the same training sizes as before.
+    """
+
+    def __init__(self, train_min_sizes: tuple[int, ...], test_min_size: int, max_size: int, **kwargs) -> None:
+        super().__init__((*train_min_sizes, test_min_size), max_size, **kwargs)
+
+    def torch_choice(self, k: list[int]) -> int:
+        index = int(torch.empty(1).uniform_(0.0, float(len(k) - 1)).item())
+        return k[index]
 
 
 def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights: str | None = None) -> FasterRCNN:
@@ -58,12 +78,8 @@ def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights
     anchors = AnchorGenerator(config.anchor_sizes, (config.aspect_ratios,) * num_levels)
     roi_pool = MultiScaleRoIAlign(backbone.level_names, config.roi_output_size, config.roi_sampling_ratio)
     box_head = TwoMLPHead(config.neck_channels * config.roi_output_size**2, config.box_head_width)
-    return FasterRCNN(
+    model = FasterRCNN(
         backbone,
-        min_size=config.train_min_sizes,
-        max_size=config.max_size,
-        image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
         rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
@@ -78,6 +94,15 @@ def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights
         box_nms_thresh=config.box_nms_thresh,
         box_detections_per_img=config.detections_per_img,
     )
+    # Replaces the transform FasterRCNN builds from min_size/max_size (it holds no weights).
+    model.transform = TrainTestTransform(
+        config.train_min_sizes,
+        config.min_size,
+        config.max_size,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+    )
+    return model
 
 
 class Detector(nn.Module):
@@ -85,7 +110,8 @@ class Detector(nn.Module):
 
     ``forward`` is FasterRCNN's: in training, (images, targets) -> losses; in eval mode,
     images -> [{"boxes": (N, 4) x1y1x2y2 pixels, "labels": (N,) 1..K, "scores": (N,)}].
-    The test-time short side is ``config.min_size``; training samples from ``config.train_min_sizes``.
+    The test-time short side is ``config.min_size``; training samples from ``config.train_min_sizes`` (the
+    network's transform picks by its mode, so ``detector.model.eval()`` alone gives the test size).
     """
 
     def __init__(
@@ -101,12 +127,6 @@ class Detector(nn.Module):
         self.categories = categories
         self.provenance = dict(provenance or {})
         self.model = build_detector(config, categories.num_classes, backbone_weights=backbone_weights)
-
-    def train(self, mode: bool = True) -> "Detector":
-        super().train(mode)
-        # torchvision's transform samples one of min_size per batch in training and uses min_size[-1] in eval.
-        self.model.transform.min_size = self.config.train_min_sizes if mode else (self.config.min_size,)
-        return self
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         return self.model(images, targets)

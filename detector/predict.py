@@ -1,11 +1,12 @@
 """Look at what a detector sees: draw its detections onto copies of images and print them as JSON.
 
-    python -m detector.predict IMAGE... [--checkpoint PATH] [--out DIR] [--score-threshold 0.5]
+    python -m detector.predict IMAGE_OR_FOLDER... [--checkpoint PATH] [--out DIR] [--score-threshold 0.5]
 
-Each image gets a copy under ``--out`` (default runs/predict/) with boxes, labels and scores drawn, and
-stdout gets one JSON list: per image {"image", "width", "height", "output", "detections": [{"label",
-"category_id", "score", "box": [x1, y1, x2, y2] in the image's pixels}]}. A missing or undecodable image
-or a bad checkpoint ends with one line on stderr and exit status 2.
+Each image (a folder stands for the images in it) gets a copy under ``--out`` (default runs/predict/) with
+boxes, labels and scores drawn, and stdout gets one JSON list: per image {"image", "width", "height",
+"output", "detections": [{"label", "category_id", "score", "box": [x1, y1, x2, y2] in the image's pixels}]}.
+A missing or undecodable image gets one line on stderr and the others go on; the exit status is then 2. A bad
+checkpoint (or an ONNX export given as one) ends at once with one line and status 2.
 """
 
 import argparse
@@ -17,11 +18,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from backbone.cli import HelpFormatter
 
 from .checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from .model import Detector
 
 DEFAULT_OUT = Path("runs/predict")
+# What a folder argument stands for: the files in it that OpenCV reads, by extension.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class ImageError(ValueError):
@@ -96,43 +102,78 @@ def output_path(out_dir: Path, image: Path, taken: set[Path]) -> Path:
     return candidate
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detector.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (anything OpenCV reads)")
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: %(default)s")
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="where the drawn copies go (default: %(default)s)"
+def expand(paths: list[Path]) -> list[Path]:
+    """The image files ``paths`` name: a folder stands for its images (sorted), anything else for itself."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            files.append(path)
+    return files
+
+
+def predict_one(detector: Detector, path: Path, out_dir: Path, taken: set[Path], score_threshold: float) -> dict:
+    """Detect on the image at ``path``, write its drawn copy, and return its entry of the JSON report."""
+    image = read_image(path)
+    detections = detect(detector, image, score_threshold)
+    target = output_path(out_dir, path, taken)
+    try:
+        written = cv2.imwrite(str(target), draw(image, detections))
+    except cv2.error:  # no encoder for the file's extension
+        written = False
+    if not written:
+        raise ImageError(f"{target}: OpenCV could not write the drawn copy")
+    height, width = image.shape[:2]
+    return {"image": str(path), "width": width, "height": height, "output": str(target), "detections": detections}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m detector.predict", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="hide detections below (default: 0.5)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="image files (anything OpenCV reads) or folders of them"
+    )
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="a .pt checkpoint")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the drawn copies go")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="hide detections below")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.score_threshold <= 1:
         parser.error(f"--score-threshold must be within 0..1, got {args.score_threshold}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be positive, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
-        images = [(path, read_image(path)) for path in args.images]  # fail before loading the model
         detector = load_checkpoint(args.checkpoint, device=args.device)
         args.out.mkdir(parents=True, exist_ok=True)
-        report, taken = [], set()
-        for path, image in images:
-            detections = detect(detector, image, args.score_threshold)
-            target = output_path(args.out, path, taken)
-            try:
-                written = cv2.imwrite(str(target), draw(image, detections))
-            except cv2.error:  # no encoder for the file's extension
-                written = False
-            if not written:
-                raise ImageError(f"{target}: OpenCV could not write the drawn copy")
-            height, width = image.shape[:2]
-            report.append(
-                {"image": str(path), "width": width, "height": height, "output": str(target), "detections": detections}
-            )
-    except (ImageError, CheckpointError, OSError) as exc:
+    except (CheckpointError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    paths = expand(args.images)
+    if not paths:
+        print(f"error: no image files in {', '.join(map(str, args.images))}", file=sys.stderr)
+        return 2
+    report, taken, failed = [], set(), 0
+    for path in tqdm(paths, desc="predicting", unit="img", disable=args.no_progress or len(paths) < 2):
+        try:
+            report.append(predict_one(detector, path, args.out, taken, args.score_threshold))
+        except (ImageError, OSError) as exc:  # one bad file does not stop the others
+            tqdm.write(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            failed += 1
     print(json.dumps(report, indent=2))
-    return 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

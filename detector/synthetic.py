@@ -22,6 +22,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
+
+from backbone.cli import HelpFormatter
 
 VERSION = 2  # bump whenever the output for a given seed changes, so cached copies are regenerated
 CATEGORIES = (
@@ -211,6 +214,7 @@ def generate(
     image_size: tuple[int, int] | None = None,
     overwrite: bool = False,
     workers: int | None = None,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``root/images/NNNNNN.jpg`` and ``root/annotations.json``; returns (images dir, annotation file).
 
@@ -218,7 +222,7 @@ def generate(
     written into a temporary sibling of ``root`` that is renamed into place only when complete, so an
     interrupted run leaves no half-written dataset. An existing ``root`` is an error unless ``overwrite``.
     ``workers``: processes rendering at once (default: one per CPU, up to 8; small datasets use one). Each
-    image depends only on (seed, index), so the output does not depend on it.
+    image depends only on (seed, index), so the output does not depend on it. ``progress``: a bar on stderr.
     """
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
@@ -232,11 +236,13 @@ def generate(
         os.chmod(tmp, 0o755)
         (tmp / "images").mkdir()
         jobs = [(tmp / "images", seed, index, image_size) for index in range(num_images)]
-        if workers > 1 and num_images >= 200:
-            with ProcessPoolExecutor(workers) as pool:
-                rendered = list(pool.map(_write_image, *zip(*jobs, strict=True), chunksize=50))
-        else:
-            rendered = [_write_image(*job) for job in jobs]
+        bar = tqdm(total=num_images, desc=f"rendering {root.name}", unit="img", disable=not progress)
+        with bar:
+            if workers > 1 and num_images >= 200:
+                with ProcessPoolExecutor(workers) as pool:
+                    rendered = list(_counting(pool.map(_write_image, *zip(*jobs, strict=True), chunksize=50), bar))
+            else:
+                rendered = list(_counting((_write_image(*job) for job in jobs), bar))
         images, annotations = [], []
         for index, (height, width, objects) in enumerate(rendered):
             images.append({"id": index + 1, "file_name": f"{index:06d}.jpg", "height": height, "width": width})
@@ -266,6 +272,13 @@ def generate(
     return root / "images", root / "annotations.json"
 
 
+def _counting(items, bar: tqdm):
+    """``items`` as they come, one step of ``bar`` each."""
+    for item in items:
+        bar.update()
+        yield item
+
+
 def default_dataset(split: str) -> tuple[Path, Path]:
     """(images dir, annotation file) of the standard synthetic split, generated on first use.
 
@@ -281,23 +294,31 @@ def default_dataset(split: str) -> tuple[Path, Path]:
         try:
             # A root without its annotation file was not made by generate() (which renames complete
             # datasets into place), so replacing it loses nothing.
-            generate(root, num_images=num_images, seed=seed, overwrite=root.exists())
+            generate(root, num_images=num_images, seed=seed, overwrite=root.exists(), progress=True)
         except FileExistsError:
             if not annotation_file.is_file():  # not simply another process finishing first
                 raise
     return images_dir, annotation_file
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m detector.synthetic", description="Write a synthetic COCO-format detection dataset."
+        prog="python -m detector.synthetic",
+        description="Write a synthetic COCO-format detection dataset.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
     parser.add_argument("--num-images", type=int, required=True, help="number of images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="fixed image size (default: varied)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--workers", type=int, help="rendering processes (default: one per CPU, up to 8)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.num_images < 0:
         parser.error("--num-images must be >= 0")
@@ -310,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=tuple(args.size) if args.size else None,
             overwrite=args.force,
             workers=args.workers,
+            progress=not args.no_progress,
         )
     except FileExistsError as e:
         parser.error(str(e))

@@ -23,10 +23,10 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
-from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
 
+from backbone.cli import HelpFormatter  # noqa: E402
 from detector import distributed  # noqa: E402
 from detector.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from detector.config import DEFAULT_CHECKPOINT, DEMO_CHECKPOINT  # noqa: E402
@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python eval/coco.py", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python eval/coco.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -140,9 +140,11 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         distributed.init_from_env(args.device)
         if args.checkpoint is None:
             args.checkpoint = DEFAULT_CHECKPOINT if args.images else DEMO_CHECKPOINT
-        detector = load_checkpoint(args.checkpoint, device=distributed.device_for(args.device))
-        if args.min_size:  # the checkpoint's configuration stays as trained; only the test resize changes
-            detector.model.transform.min_size = (args.min_size,)
+        # The test short side is configuration: the network resizes to it in eval mode, and the cost counts it.
+        test_size = {"min_size": args.min_size} if args.min_size else None
+        detector = load_checkpoint(
+            args.checkpoint, device=distributed.device_for(args.device), config_overrides=test_size
+        )
         images, annotations = (args.images, args.annotations) if args.images else _default_data()
         dataset = _dataset(images, annotations, detector)
         results, speed = run_detector(
@@ -152,8 +154,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             return None
         coco_gt, image_ids = dataset.coco, dataset.ids[: args.limit]
         config = detector.config
-        test_config = replace(config, min_size=args.min_size) if args.min_size else config
-        cost = _cost(test_config, detector)
+        cost = _cost(config, detector)
         evaluated = {
             "mode": "model",
             "checkpoint": str(args.checkpoint),
@@ -161,7 +162,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             "provenance": detector.provenance,
             "images": str(images),
             "annotations": str(annotations),
-            "min_size": test_config.min_size,
+            "min_size": config.min_size,
             "max_size": config.max_size,
         }
     evaluated["limit"] = args.limit

@@ -1,7 +1,7 @@
 """Inference engines behind one interface, for serving and benchmarks.
 
 ``load_engine(path)`` picks by file: a ``.pt`` checkpoint runs in PyTorch (eager), a ``.onnx`` export from
-``python -m detector.export`` runs in ONNX Runtime, which needs no torch: that keeps the edge image small.
+``python -m tools.export`` runs in ONNX Runtime, which needs no torch: that keeps the edge image small.
 OpenVINO runs the same export when asked for (``engine="openvino"``; the benchmarks' common engine).
 """
 

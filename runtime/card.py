@@ -1,20 +1,12 @@
-"""What every engine serves: detections in one shape, and a model card that travels with the weights.
+"""What every engine serves: detections in one shape, described by the model card that travels with the weights
+(``detector.card``, torch-free)."""
 
-A ``ModelCard`` is the part of a checkpoint that serving needs besides the weights: the configuration, the
-categories, provenance, and the cost counted where torch is available. ``detector.export`` writes it into the
-ONNX file's metadata, so an ONNX model describes itself exactly as its source checkpoint does.
-"""
-
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from detector.categories import CategoryMap
-from detector.config import DetectorConfig
-
-CARD_FORMAT = "shufflenet-detect/model-card-v1"
+from detector.card import ModelCard
 
 
 class EngineError(ValueError):
@@ -28,38 +20,6 @@ class Detections:
     boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2
     labels: np.ndarray  # (N,) int64, contiguous 1..K (``ModelCard.categories`` maps them to ids and names)
     scores: np.ndarray  # (N,) float32
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    config: DetectorConfig
-    categories: CategoryMap
-    cost: dict  # detector.complexity's figures at the test input size: input_size, macs, macs_by_part, params
-    provenance: dict = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": CARD_FORMAT,
-                "config": self.config.to_dict(),
-                "categories": self.categories.to_coco(),
-                "cost": self.cost,
-                "provenance": self.provenance,
-            },
-            default=str,  # provenance is free-form (dates, paths)
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> "ModelCard":
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
-            raise ValueError(f"not a model card (expected format {CARD_FORMAT!r})")
-        return cls(
-            config=DetectorConfig.from_dict(data["config"]),
-            categories=CategoryMap.from_coco(data["categories"]),
-            cost=data["cost"],
-            provenance=data.get("provenance", {}),
-        )
 
 
 class Engine(Protocol):

@@ -5,18 +5,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector import Detector, load_checkpoint
-from detector.checkpoint import CheckpointError
-from detector.complexity import detector_complexity
+from detector.checkpoint import CheckpointError, load_checkpoint, model_card
 
-from .card import Detections, EngineError, ModelCard
-
-
-def model_card(detector: Detector) -> ModelCard:
-    """The card of a loaded detector; counting its cost runs one image through a fresh copy of the network."""
-    cost = detector_complexity(detector.config, detector.categories)
-    cost = {key: cost[key] for key in ("input_size", "macs", "macs_by_part", "params")}
-    return ModelCard(detector.config, detector.categories, cost, dict(detector.provenance))
+from .card import Detections, EngineError
 
 
 class TorchEngine:

@@ -1,4 +1,4 @@
-"""The ONNX Runtime engine: a ``.onnx`` file written by ``python -m detector.export``, run without torch.
+"""The ONNX Runtime engine: a ``.onnx`` file written by ``python -m tools.export``, run without torch.
 
 The graph is the whole torchvision Faster R-CNN for one image of any size (its resize, normalisation, RPN,
 RoI heads and box decoding), so the detections are PyTorch's. A batch is spread over ``threads``
@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .card import Detections, EngineError, ModelCard
+from detector.card import CARD_KEY, INPUT, OUTPUTS, ModelCard
 
-CARD_KEY = "shufflenet_detect.card"
-INPUT = "image"
-OUTPUTS = ["boxes", "labels", "scores"]
+from .card import Detections, EngineError
 
 ort.disable_telemetry_events()  # an edge box reports to nobody
 
@@ -34,7 +32,7 @@ def card_of(session: ort.InferenceSession, path: Path) -> ModelCard:
     """The model card in an export's metadata; an error that says what to do when there is none."""
     metadata = session.get_modelmeta().custom_metadata_map
     if CARD_KEY not in metadata:
-        raise EngineError(f"{path}: an ONNX file without a model card; export it with python -m detector.export")
+        raise EngineError(f"{path}: an ONNX file without a model card; export it with python -m tools.export")
     try:
         return ModelCard.from_json(metadata[CARD_KEY])
     except (ValueError, KeyError, TypeError) as exc:

@@ -13,6 +13,9 @@ from pydantic import ValidationError
 from runtime import EngineError, load_engine
 
 from .app import create_app
+from .logs import log_config
+from .memory import keep_large_blocks_out_of_heaps
+from .protocol import HeadLimits, guarded_http
 from .settings import Settings
 
 ENV_ONLY = {"api_key"}
@@ -53,15 +56,21 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             print(f"python -m service: {where}: {error['msg']}", file=sys.stderr)
         return 2
+    keep_large_blocks_out_of_heaps()
     try:  # a bad model file is reported here in one line, not as a start-up traceback
         engine = load_engine(settings.checkpoint, settings.engine, threads=settings.threads)
     except EngineError as exc:
         print(f"python -m service: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers, settings.read_timeout_s)
     uvicorn.run(
         create_app(settings, engine=engine),
         host=settings.host,
         port=settings.port,
+        http=guarded_http(head_limits),
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive_s,
+        log_config=log_config(),
         log_level=log_level,
         access_log=access_log,
         server_header=False,

@@ -21,11 +21,13 @@ from starlette.concurrency import run_in_threadpool
 from runtime import Engine, load_engine
 
 from .batcher import Batcher, PredictFn
+from .budget import Budget, Budgets
 from .dependencies import require_api_key
 from .errors import UNAUTHORIZED, install_error_handlers
 from .memory import MemoryTrimmer
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .routes import detect, docs, health, metrics, model, page
+from .security import SecurityHeaders
 from .settings import Settings
 
 log = logging.getLogger("service")
@@ -54,6 +56,12 @@ def create_app(
     app.state.engine = engine
     app.state.batcher = None
     app.state.ready = False
+    app.state.budgets = Budgets(
+        body_bytes=Budget("body_bytes", settings.body_budget_bytes),
+        decode_pixels=Budget("decode_pixels", settings.decode_budget_pixels),
+        images=Budget("images", settings.queue_size),
+    )
+    app.state.metrics.track_budgets(app.state.budgets)
 
     keyed = settings.api_key is not None
     app.include_router(health.live)  # /healthz: never behind the key, so orchestrators can probe it
@@ -69,6 +77,7 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
         )
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

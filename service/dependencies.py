@@ -2,6 +2,8 @@
 
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -10,6 +12,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBas
 from runtime import Engine
 
 from .batcher import Batcher
+from .budget import Budgets, Lease
 from .settings import Settings
 
 REALM = "shufflenet-detect"
@@ -35,9 +38,47 @@ def get_batcher(request: Request) -> Batcher:
 
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
+
+def get_budgets(request: Request) -> Budgets:
+    return request.app.state.budgets
+
+
+BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
+
+
+@dataclass(frozen=True)
+class Leases:
+    body: Lease
+    images: Lease
+
+
+async def request_leases(budgets: BudgetsDep) -> AsyncIterator[Leases]:
+    """This request's shares of the body and admitted-image budgets, given back when it is answered."""
+    leases = Leases(Lease(budgets.body_bytes), Lease(budgets.images))
+    try:
+        yield leases
+    finally:
+        leases.body.close()
+        leases.images.close()
+
+
+LeasesDep = Annotated[Leases, Depends(request_leases)]
+
+
+class _LenientBasic(HTTPBasic):
+    """HTTP Basic that reads an undecodable ``Authorization: Basic`` header as no credentials: FastAPI's answers
+    401 then even with ``auto_error=False``, which would hide a correct X-API-Key sent beside it."""
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:
+        try:
+            return await super().__call__(request)
+        except HTTPException:
+            return None
+
+
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
 _bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
-_basic = HTTPBasic(auto_error=False, realm=REALM, description="any user name, the API key as password (browsers)")
+_basic = _LenientBasic(auto_error=False, realm=REALM, description="any user name, the API key as password (browsers)")
 
 
 def _digest(value: str) -> bytes:

@@ -4,11 +4,15 @@
 over the pixel limit (a decompression bomb) is refused before OpenCV allocates its bitmap. ``decode`` then
 decodes with OpenCV (EXIF orientation applied, alpha dropped as PIL's ``convert("RGB")`` does, grayscale
 expanded to RGB, 16-bit scaled to 0..1) and shrinks the image to the size the detector's own transform
-would resize it to, so that only a small tensor waits in the batching queue. Large JPEGs are decoded at
-1/2, 1/4 or 1/8 scale by libjpeg directly when that is still at least the detector's input size.
+would resize it to, so that only a small tensor waits in the batching queue. Large baseline JPEGs are decoded
+at 1/2, 1/4 or 1/8 scale by libjpeg directly when that is still at least the detector's input size; other
+images are decoded at full size (8 or 16 bits a sample, never float) and shrunk by sampling only the pixels
+bilinear interpolation reads. ``decode_cost`` says, from the header, how many pixels a decode will allocate,
+which is what the service budgets.
 """
 
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -26,7 +30,12 @@ _OTHER_MAGIC = {
     b"%PDF": "PDF",
 }
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _JPEG_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}  # markers without a length field
+# Real files have a few dozen segments before the frame header (split ICC profiles included); a file of
+# millions of tiny segments is an attack on the scan, so the scan stops here and its cost is bounded.
+MAX_JPEG_SEGMENTS = 1000
+_FILL = re.compile(rb"\xff*")  # skipped at C speed: any number of fill bytes may precede a marker
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 cv2.setNumThreads(1)  # decoding runs in our own threads; OpenCV's pool would fight inference's for the cores
@@ -46,6 +55,8 @@ class ImageHeader:
     format: str  # one of SUPPORTED
     width: int  # as stored, before any EXIF rotation
     height: int
+    progressive: bool = False  # a progressive JPEG: libjpeg buffers every coefficient, so no reduced decode
+    wide_samples: bool = False  # 16 bits a sample (PNG): the bitmap takes twice the memory
 
 
 @dataclass(frozen=True)
@@ -59,11 +70,13 @@ def read_header(data: bytes) -> ImageHeader:
     """Format and stored dimensions from the first bytes; ImageError if not a supported, sane image."""
     if not data:
         raise ImageError("empty image: the file has no bytes")
+    progressive = wide = False
     if data.startswith(b"\xff\xd8\xff"):
-        width, height = _jpeg_size(data)
+        width, height, progressive = _jpeg_frame(data)
         fmt = "JPEG"
     elif data.startswith(b"\x89PNG\r\n\x1a\n"):
         width, height = _png_size(data)
+        wide = data[24] == 16  # IHDR's bit depth
         fmt = "PNG"
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         width, height = _webp_size(data)
@@ -78,7 +91,7 @@ def read_header(data: bytes) -> ImageHeader:
         raise ImageError(f"not an image: the bytes are not {', '.join(SUPPORTED[:-1])} or {SUPPORTED[-1]}")
     if width <= 0 or height <= 0:
         raise ImageError(f"corrupt {fmt} image: its header declares {width} x {height} pixels")
-    return ImageHeader(fmt, width, height)
+    return ImageHeader(fmt, width, height, progressive, wide)
 
 
 def check_pixels(header: ImageHeader, max_pixels: int) -> None:
@@ -89,17 +102,31 @@ def check_pixels(header: ImageHeader, max_pixels: int) -> None:
         )
 
 
+def shrink_scale(header: ImageHeader, *, min_size: int, max_size: int) -> float:
+    """The detector's resize factor for this image (GeneralizedRCNNTransform's: short side ``min_size``, long side
+    at most ``max_size``); under 1 means the service shrinks it while decoding."""
+    return min(min_size / min(header.width, header.height), max_size / max(header.width, header.height))
+
+
+def decode_cost(header: ImageHeader, *, min_size: int, max_size: int) -> int:
+    """Pixels that decoding this image allocates, in 8-bit pixels' worth (a 16-bit one counts twice): what the
+    service's decode budget counts. OpenCV holds about twice the bitmap while it decodes (measured: 140 MB for
+    a 24 MP 8-bit PNG), so memory is about 6 bytes per pixel counted."""
+    factor, _ = _jpeg_reduction(header, shrink_scale(header, min_size=min_size, max_size=max_size))
+    pixels = math.ceil(header.width / factor) * math.ceil(header.height / factor)
+    return pixels * (2 if header.wide_samples else 1)
+
+
 def decode(data: bytes, *, max_pixels: int, min_size: int, max_size: int) -> DecodedImage:
     """Decode ``data`` and shrink it to the detector's input size (short side ``min_size``, long side at most
     ``max_size``, as torchvision's GeneralizedRCNNTransform computes it); smaller images are kept as they are."""
     header = read_header(data)
     check_pixels(header, max_pixels)
-    scale = min(min_size / min(header.width, header.height), max_size / max(header.width, header.height))
+    scale = shrink_scale(header, min_size=min_size, max_size=max_size)
     flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH  # applies EXIF orientation; drops alpha; gray -> RGB
-    if header.format == "JPEG":
-        factor, reduced = next(((f, flag) for f, flag in _REDUCED if f * scale <= 1), (1, None))
-        if reduced is not None:  # libjpeg's DCT scaling: the full bitmap is never allocated
-            flags = (reduced & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB
+    _, reduced = _jpeg_reduction(header, scale)
+    if reduced is not None:  # libjpeg's DCT scaling: the full bitmap is never allocated
+        flags = (reduced & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         array = cv2.imdecode(buffer, flags)
@@ -114,15 +141,54 @@ def decode(data: bytes, *, max_pixels: int, min_size: int, max_size: int) -> Dec
         divisor = 255
     else:
         raise ImageError(f"unsupported {header.format} sample type {array.dtype}")
-    target = (round(width * scale), round(height * scale))
-    # Resized in float32, as torchvision's transform does in training and evaluation: OpenCV's 8-bit bilinear
-    # rounds differently on x86 and ARM (one level on a quarter of the pixels, enough to move a score by 0.008),
-    # while in float the two agree within 1e-5.
+    # At least one pixel: a 1 x 4000 image would otherwise round to an empty width.
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
     if scale < 1 and (array.shape[1], array.shape[0]) != target:
-        array = cv2.resize(array.astype(np.float32), target, interpolation=cv2.INTER_LINEAR)
-    chw = array.transpose(2, 0, 1).astype(np.float32, order="C")  # one contiguous copy, resized or not
+        hwc = shrink_bilinear(array, target)
+    else:
+        hwc = array.astype(np.float32)  # at most the detector's input size
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
     np.divide(chw, np.float32(divisor), out=chw)
     return DecodedImage(chw, width, height)
+
+
+def shrink_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) integer samples -> (h, w, C) float32 at ``size`` = (w, h): bit for bit what OpenCV's own
+    ``cv2.resize(INTER_LINEAR)`` of a float32 copy gives (x86 builds may take Intel IPP's instead, 1e-5 apart),
+    without that full-size float copy.
+
+    Bilinear reads only the two source rows and columns around each output pixel, so those are gathered from the
+    integer bitmap and only they become float. In float32, as torchvision's transform resizes in training: OpenCV's
+    8-bit bilinear rounds differently on x86 and ARM (enough to move a score by 0.008), while NumPy's separate
+    float32 multiplies and adds give the same bits on both.
+    """
+    (x0, x1, wx), (y0, y1, wy) = _taps(array.shape[1], size[0]), _taps(array.shape[0], size[1])
+    wx, wy = wx[None, :, None], wy[:, None, None]
+    rows = [
+        array[np.ix_(y, x0)].astype(np.float32) * (1 - wx) + array[np.ix_(y, x1)].astype(np.float32) * wx
+        for y in (y0, y1)
+    ]
+    return rows[0] * (1 - wy) + rows[1] * wy
+
+
+def _taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR sampling along one axis: the two source indices and the second one's weight for
+    each output index (pixel centres aligned; clamped at the edges, where the weight becomes 0)."""
+    scale = 1 / (target / source)  # computed as OpenCV does, so that the positions agree to the last bit
+    position = ((np.arange(target, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    weight = position - first
+    weight[first < 0] = 0
+    first = np.clip(first, 0, source - 1)
+    weight[first >= source - 1] = 0
+    return first, np.minimum(first + 1, source - 1), weight.astype(np.float32)
+
+
+def _jpeg_reduction(header: ImageHeader, scale: float) -> tuple[int, int | None]:
+    """(factor, OpenCV flag) of the reduced decode libjpeg can do for this image; (1, None) for none."""
+    if header.format != "JPEG" or header.progressive:
+        return 1, None
+    return next(((f, flag) for f, flag in _REDUCED if f * scale <= 1), (1, None))
 
 
 def _displayed_size(header: ImageHeader, decoded_w: int, decoded_h: int) -> tuple[int, int]:
@@ -140,13 +206,15 @@ def _displayed_size(header: ImageHeader, decoded_w: int, decoded_h: int) -> tupl
     return stored[::-1] if rotated else stored
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_frame(data: bytes) -> tuple[int, int, bool]:
+    """(width, height, progressive) from the frame header; the work is bounded by ``MAX_JPEG_SEGMENTS``."""
     pos = 2
-    while pos < len(data):
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if pos >= len(data):
+            break
         if data[pos] != 0xFF:
             raise ImageError("corrupt JPEG image: a marker is missing before the frame header")
-        while pos < len(data) and data[pos] == 0xFF:  # fill bytes
-            pos += 1
+        pos = _FILL.match(data, pos).end()
         if pos >= len(data):
             break
         marker = data[pos]
@@ -164,8 +232,10 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             if pos + 8 > len(data):
                 break
             height, width = struct.unpack(">HH", data[pos + 4 : pos + 8])
-            return width, height
+            return width, height, marker in _JPEG_PROGRESSIVE
         pos += 1 + length
+    else:
+        raise ImageError(f"corrupt JPEG image: no frame header within its first {MAX_JPEG_SEGMENTS} segments")
     raise ImageError("truncated JPEG image: it ends before its frame header")
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .budget import Budgets
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -40,8 +42,15 @@ class ServiceMetrics:
             "service_inference_seconds", "duration of one forward pass", buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.images = Counter("service_images_processed", "images run through the model", registry=self.registry)
+        self.images_decoded = Counter("service_images_decoded", "images decoded", registry=self.registry)
         self.failed_batches = Counter("service_failed_batches", "forward passes that raised", registry=self.registry)
         self.queue_depth = Gauge("service_queue_depth", "images waiting for a forward pass", registry=self.registry)
+        self.budget_used = Gauge(
+            "service_budget_used",
+            "what requests hold of each budget: body_bytes, decode_pixels, images (admitted)",
+            ["budget"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "service_rejected",
             "accepted requests that got no detections: queue_full, timeout, client_gone, batch_failed",
@@ -59,6 +68,10 @@ class ServiceMetrics:
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
+
+    def track_budgets(self, budgets: Budgets) -> None:
+        for budget in (budgets.body_bytes, budgets.decode_pixels, budgets.images):
+            self.budget_used.labels(budget.name).set_function(lambda budget=budget: budget.used)
 
 
 class MetricsMiddleware:

@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 from detector import CONFIGS, DEMO_CHECKPOINT, load_checkpoint, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "service" / "static" / "sample.jpg"
+SAMPLE = REPO / "data" / "sample" / "shapes.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,8 @@ def test_finds_the_shapes_of_the_bundled_sample(demo):
 @pytest.mark.slow
 def test_reaches_ap_0_6_on_a_freshly_generated_validation_split(tmp_path):
     images, annotations = synthetic.generate(tmp_path / "val", num_images=200, seed=synthetic.SPLITS["val"][1])
-    command = [sys.executable, "eval/coco.py", "--images", str(images), "--annotations", str(annotations)]
+    command = [sys.executable, "eval/coco.py", "--checkpoint", str(DEMO_CHECKPOINT)]
+    command += ["--images", str(images), "--annotations", str(annotations)]
     done = subprocess.run([*command, "--json"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["stats"]["AP"] >= 0.6

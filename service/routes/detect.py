@@ -1,28 +1,35 @@
 """POST /detect: images in (multipart ``files``/``file``, or one raw image body), detections out.
 
-Order of checks, cheapest first: queue full (503 at once), body size (413 while reading), content type (415),
-options (422), image count (413), every image's header and pixel count (400/413/415) before any is decoded.
-Decoding runs in the decode threads, inference in the batcher's thread; the event loop only routes.
+Order of checks, cheapest first: room for one more image (503 at once, before the body is read), body size
+(413 while reading) and the body budget (503), content type (415), options (422), image count (413), room for
+the request's other images (503), every image's header and pixel count (400/413/415) before any is decoded,
+then room in the decode budget (503; 413 if the request alone is over it). Nothing is refused for lack of room
+after decoding. Headers are read and images decoded in threads, inference runs in the batcher's thread: the
+event loop only routes. ``request_timeout_s`` counts from the end of the body: decoding, queue and inference.
 """
 
 import asyncio
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from runtime import Detections, ModelCard
 
 from ..batcher import Batcher, BatcherClosed, BatchFailed, Outcome, QueueFull, RequestTimeout
-from ..dependencies import BatcherDep, EngineDep, SettingsDep
-from ..images import DecodedImage, ImageError, check_pixels, decode, read_header
+from ..budget import Budget, Lease
+from ..dependencies import BatcherDep, BudgetsDep, EngineDep, LeasesDep, SettingsDep
+from ..images import DecodedImage, ImageError, ImageHeader, check_pixels, decode, decode_cost, read_header
+from ..metrics import ServiceMetrics
 from ..schemas import Detection, DetectOptions, DetectResponse, Error, ImageResult, ModelRef, Timings
 from ..settings import Settings
-from ..upload import RAW_TYPES, read_upload
+from ..upload import CLOSE, RAW_TYPES, BodyLimits, read_upload
 
 router = APIRouter(tags=["detection"])
 _REASONS = {503: "queue_full", 504: "timeout", 400: "client_gone", 500: "batch_failed"}  # for service_rejected
@@ -66,12 +73,15 @@ def _error(description: str) -> dict:
     openapi_extra={"requestBody": _request_body()},
     responses={
         400: _error("empty body, not an image, or a corrupt or truncated image"),
-        413: _error("body, image or image count over the limit"),
+        408: _error("the client stopped sending its body for read_timeout_s"),
+        413: _error("body, image, image count or the request's decoded pixels over the limit"),
         415: _error("unsupported content type or image format"),
         422: _error("bad option values"),
         500: _error("the forward pass holding this request failed"),
-        503: _error("the queue is full or the service is shutting down; see Retry-After"),
-        504: _error("not processed within the request timeout"),
+        503: _error(
+            "the queue, the body or the decode budget is full, or the service is shutting down; see Retry-After"
+        ),
+        504: _error("not decoded and processed within the request timeout"),
     },
 )
 async def detect(
@@ -79,28 +89,33 @@ async def detect(
     settings: SettingsDep,
     engine: EngineDep,
     batcher: BatcherDep,
+    budgets: BudgetsDep,
+    leases: LeasesDep,
     query: Annotated[DetectOptions, Query()],
 ) -> DetectResponse:
     start = time.perf_counter()
     metrics = request.app.state.metrics
-    if batcher.depth >= batcher.queue_size:
-        metrics.rejected.labels("queue_full").inc()
-        _busy(batcher, "the queue is full")
-    upload = await read_upload(
-        request, max_body_bytes=settings.max_body_bytes, max_images=settings.max_images_per_request
-    )
+    _admit(leases.images, 1, batcher, metrics)  # every request has an image: refuse before reading its body
+    limits = BodyLimits(settings.max_body_bytes, settings.read_timeout_s, leases.body)
+    upload = await read_upload(request, limits, max_images=settings.max_images_per_request)
+    deadline = time.monotonic() + settings.request_timeout_s
     options = _merge_options(query, upload.options, engine.card, settings)
     if not upload.images:  # (too many is refused while reading the multipart body)
         raise HTTPException(400, "no image: send images as multipart field 'files' (or 'file'), or one as the body")
-    for name, data in upload.images:  # every header before any decode: one bomb costs nothing
-        try:
-            check_pixels(read_header(data), settings.max_pixels)
-        except ImageError as exc:
-            raise HTTPException(exc.status_code, f"{name[:100]}: {exc}") from None
-    images = await _decode_all(request, upload.images, settings, engine.card)
+    _admit(leases.images, len(upload.images) - 1, batcher, metrics)
+    headers = await run_in_threadpool(_read_headers, upload.images, settings.max_pixels)
+    executor = request.app.state.decode_executor
+    decoding = _decode_all(executor, budgets.decode_pixels, upload.images, headers, settings, engine.card)
+    try:
+        images = await asyncio.wait_for(decoding, deadline - time.monotonic())
+    except TimeoutError:
+        metrics.rejected.labels("timeout").inc()
+        raise HTTPException(504, f"timed out: not decoded within {settings.request_timeout_s:g} s") from None
+    metrics.images_decoded.inc(len(images))
+    del upload  # the bytes are no longer needed; the bitmaps are
     decoded = time.perf_counter()
     try:
-        outcome = await _infer(request, batcher, [image.array for image in images], settings)
+        outcome = await _infer(request, batcher, [image.array for image in images], deadline - time.monotonic())
     except HTTPException as exc:
         metrics.rejected.labels(_REASONS.get(exc.status_code, str(exc.status_code))).inc()
         raise
@@ -145,13 +160,48 @@ def _merge_options(
     return options
 
 
-async def _decode_all(request: Request, uploads: list[tuple[str, bytes]], settings: Settings, card: ModelCard):
-    loop = asyncio.get_running_loop()
-    executor = request.app.state.decode_executor
-    work = partial(decode, max_pixels=settings.max_pixels, min_size=card.config.min_size)
-    futures = [
-        loop.run_in_executor(executor, partial(work, data, max_size=card.config.max_size)) for _, data in uploads
-    ]
+def _read_headers(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[ImageHeader]:
+    """Every image's header and pixel count, before any is decoded: one bomb costs nothing."""
+    headers = []
+    for name, data in uploads:
+        try:
+            header = read_header(data)
+            check_pixels(header, max_pixels)
+        except ImageError as exc:
+            raise HTTPException(exc.status_code, f"{name[:100]}: {exc}") from None
+        headers.append(header)
+    return headers
+
+
+async def _decode_all(
+    executor: ThreadPoolExecutor,
+    budget: Budget,
+    uploads: list[tuple[str, bytes]],
+    headers: list[ImageHeader],
+    settings: Settings,
+    card: ModelCard,
+) -> list[DecodedImage]:
+    """Decode in the decode threads, within the decode budget: 503 at once if the request's pixels do not fit
+    now (413 if they never could). Each image gives its pixels back when its decode ends, even one whose request
+    timed out meanwhile (a running decode cannot be stopped; one still queued is cancelled)."""
+    sizes = {"min_size": card.config.min_size, "max_size": card.config.max_size}
+    costs = [decode_cost(header, **sizes) for header in headers]
+    if sum(costs) > budget.limit:
+        raise HTTPException(
+            413, f"too many pixels to decode: the images need {sum(costs)}, the service decodes {budget.limit} at once"
+        )
+    if not budget.try_take(sum(costs)):
+        raise HTTPException(
+            503,
+            f"overloaded: {budget.used} of {budget.limit} pixels are being decoded; retry in 1 s",
+            headers={"Retry-After": "1"},
+        )
+    work = partial(decode, max_pixels=settings.max_pixels, **sizes)
+    futures = []
+    for (_, data), cost in zip(uploads, costs, strict=True):
+        job = executor.submit(work, data)
+        job.add_done_callback(lambda _, cost=cost: budget.give_back(cost))
+        futures.append(asyncio.wrap_future(job))
     images = await asyncio.gather(*futures, return_exceptions=True)
     for (name, _), image in zip(uploads, images, strict=True):
         if isinstance(image, ImageError):
@@ -161,9 +211,9 @@ async def _decode_all(request: Request, uploads: list[tuple[str, bytes]], settin
     return images
 
 
-async def _infer(request: Request, batcher: Batcher, tensors, settings: Settings) -> Outcome:
+async def _infer(request: Request, batcher: Batcher, tensors, timeout: float) -> Outcome:
     """Run through the batcher; if the client goes away first, withdraw its images so nobody waits for them."""
-    work = asyncio.ensure_future(batcher.submit(tensors, timeout=settings.request_timeout_s))
+    work = asyncio.ensure_future(batcher.submit(tensors, timeout=max(timeout, 0.001)))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -192,9 +242,16 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+def _admit(lease: Lease, count: int, batcher: Batcher, metrics: ServiceMetrics) -> None:
+    """Hold ``count`` more of the admitted-images budget (``queue_size``), or 503 at once."""
+    if not lease.try_take(count):
+        metrics.rejected.labels("queue_full").inc()
+        _busy(batcher, f"{lease.budget.used} of {lease.budget.limit} admitted images are being decoded or waiting")
+
+
 def _busy(batcher: Batcher, reason: str) -> NoReturn:
     retry = max(1, math.ceil(batcher.depth / batcher.max_batch_size * 0.5))  # about half a second per batch
-    raise HTTPException(503, f"overloaded: {reason}; retry in {retry} s", headers={"Retry-After": str(retry)})
+    raise HTTPException(503, f"overloaded: {reason}; retry in {retry} s", headers={"Retry-After": str(retry), **CLOSE})
 
 
 def _result(result: Detections, image: DecodedImage, options: DetectOptions, card: ModelCard) -> ImageResult:

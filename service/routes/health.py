@@ -1,4 +1,4 @@
-"""Liveness (the process answers) and readiness (the model is loaded and warmed up)."""
+"""Liveness (the process answers) and readiness (the model is loaded and warmed up); GET or HEAD (probes)."""
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -9,11 +9,13 @@ live = APIRouter(tags=["health"])
 ready = APIRouter(tags=["health"])
 
 
+@live.head("/healthz", include_in_schema=False)
 @live.get("/healthz", response_model=Health, summary="The process is alive")
 async def healthz() -> Health:
     return Health()
 
 
+@ready.head("/readyz", include_in_schema=False, response_model=None)
 @ready.get(
     "/readyz",
     response_model=Readiness,

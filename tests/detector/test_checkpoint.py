@@ -59,6 +59,9 @@ def test_truncated_file_is_one_clear_error(saved, tmp_path, cut):
     with pytest.raises(CheckpointError, match="not a readable checkpoint") as info:
         load_checkpoint(broken)
     assert str(broken) in str(info.value)
+    # One whole sentence that says what was expected, not torch.load's paragraph cut off mid-sentence.
+    assert "\n" not in str(info.value) and str(info.value).endswith("the file is truncated or not a torch file)")
+    assert "expected a .pt file from python -m tools.train" in str(info.value)
 
 
 def test_a_foreign_torch_file_is_refused(tmp_path):

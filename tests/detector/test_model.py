@@ -1,6 +1,7 @@
 """The detector builder on every configuration, and its complexity report."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector import CONFIGS, DEFAULT_CONFIG, Detector, DetectorConfig, get_config
+from detector import CONFIGS, DEFAULT_CONFIG, Detector, DetectorConfig, complexity, get_config
 from detector.categories import Category, CategoryMap
+from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.complexity import detector_complexity
+from detector.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CATEGORIES = CategoryMap([Category(3, "car"), Category(18, "dog")])
@@ -59,18 +62,64 @@ def test_edge_default_is_far_lighter_than_the_papers_settings():
     assert edge["params"] < paper["params"] / 3
 
 
-def test_complexity_cli_prints_every_config():
+def test_complexity_cli_prints_a_table_and_json(capsys):
+    assert complexity.main(["--config", "edge_large"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["config", "input", "GMACs"] and row.split()[:2] == ["edge_large", "320x427"]
+    assert complexity.main(["--config", "edge", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == detector_complexity(CONFIGS["edge"])
+
+
+def test_complexity_runs_as_a_module():  # the one run as a user runs it, in a new process
     out = subprocess.run(
-        [sys.executable, "-m", "detector.complexity"], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "detector.complexity", "--config", "edge", "--json", "--threads", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    assert all(name in out for name in CONFIGS)
-    row = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "detector.complexity", "--config", "edge", "--json"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    row = json.loads(out)
     assert row["config"] == "edge" and row["macs"] > 0
+
+
+def test_the_network_itself_resizes_to_the_test_size_in_eval_mode(tmp_path):
+    # The test size lives in the network, not in Detector.eval(): detector.model.eval() (export, benchmarks)
+    # gives it too, whatever mode the Detector was in, and a training mode samples the training sizes.
+    detector = Detector(get_config("edge"), CATEGORIES).train()
+    image = torch.rand(3, 480, 640)
+    detector.model.eval()
+    assert detector.model.transform([image])[0].image_sizes == [(320, 426)]
+    detector.model.train()
+    torch.manual_seed(0)
+    sizes = {min(detector.model.transform([image])[0].image_sizes[0]) for _ in range(40)}
+    assert sizes == set(CONFIGS["edge"].train_min_sizes)
+    # Evaluation at another size goes through the configuration, so a later train()/eval() keeps it.
+    path = tmp_path / "edge.pt"
+    save_checkpoint(detector, path)
+    loaded = load_checkpoint(path, config_overrides={"min_size": 200})
+    assert loaded.config.min_size == 200
+    assert loaded.train().eval().model.transform([image])[0].image_sizes == [(200, 266)]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"min_size": "3OO"}, "edge: min_size must be int, got '3OO'"),
+        ({"min_size": 16}, "min_size must be at least 32"),
+        ({"train_min_sizes": ()}, "train_min_sizes must not be empty"),
+        ({"box_nms_thresh": 1.5}, "box_nms_thresh must be within 0..1"),
+        ({"image_std": (0.2, 0.2)}, "image_std must be tuple[float, float, float]"),
+        ({"frozen_batchnorm": 1}, "frozen_batchnorm must be bool"),
+        ({"anchor_sizes": ((16, 32), (64,), (128,), (256,))}, "anchor_sizes needs the same number of sizes"),
+    ],
+)
+def test_a_bad_field_is_named_when_the_config_is_made(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        get_config("edge", **override)
+
+
+def test_configs_hash_by_value_and_old_files_still_load():
+    assert len({get_config("edge"), get_config("edge", train_min_sizes=[256, 288, 320, 352, 384])}) == 1
+    assert {hash(config) for config in CONFIGS.values()}
+    # Checkpoints and exports written before configs were hashable carry an empty "extra" dict.
+    assert DetectorConfig.from_dict({**CONFIGS["edge"].to_dict(), "extra": {}}) == CONFIGS["edge"]

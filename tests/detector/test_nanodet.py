@@ -91,7 +91,7 @@ def test_missing_or_foreign_teacher(tmp_path, coco128):
 
 def test_train_cli_bad_teacher_is_one_line_and_exit_2(tmp_path, coco128):
     run = subprocess.run(
-        [sys.executable, "-m", "detector.train", "--config", "coco_edge", "--epochs", "1"]
+        [sys.executable, "-m", "tools.train", "--config", "coco_edge", "--epochs", "1"]
         + ["--train-images", str(coco128 / "images"), "--train-annotations", str(coco128 / "instances.json")]
         + ["--teacher", str(tmp_path / "missing.xml"), "--output-dir", str(tmp_path / "run"), "--no-progress"],
         cwd=REPO,

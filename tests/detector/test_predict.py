@@ -1,6 +1,7 @@
 """python -m detector.predict: drawn copies of the images and the detections as JSON."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from detector.config import get_config
 from detector.model import Detector
 
 CATEGORIES = CategoryMap([Category(3, "car"), Category(18, "dog")])  # labels 1, 2
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FixedModel(nn.Module):
@@ -64,6 +66,7 @@ def test_draws_copies_and_prints_json(checkpoint, images, tmp_path, monkeypatch,
     code = predict.main([*map(str, images), "--checkpoint", str(checkpoint), "--out", str(out)])
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
+    assert "predicting" in stderr  # a progress bar over several images
     report = json.loads(stdout)
     assert [r["image"] for r in report] == list(map(str, images))
     assert [(r["width"], r["height"]) for r in report] == [(80, 60), (90, 70)]
@@ -99,7 +102,7 @@ def test_a_real_checkpoint_runs(checkpoint, images, tmp_path, capsys):
     assert (tmp_path / "grey.png").is_file() and isinstance(report[0]["detections"], list)
 
 
-@pytest.mark.parametrize("problem", ["missing image", "not an image", "missing checkpoint"])
+@pytest.mark.parametrize("problem", ["missing image", "not an image", "missing checkpoint", "an export"])
 def test_bad_input_is_one_line_and_status_2(problem, checkpoint, images, tmp_path, capsys):
     argv = [str(images[0]), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
     if problem == "missing image":
@@ -107,9 +110,27 @@ def test_bad_input_is_one_line_and_status_2(problem, checkpoint, images, tmp_pat
     elif problem == "not an image":
         (tmp_path / "notes.jpg").write_text("not pixels")
         argv[0], expected = str(tmp_path / "notes.jpg"), "not an image OpenCV can decode"
-    else:
+    elif problem == "missing checkpoint":
         argv[2], expected = str(tmp_path / "absent.pt"), "no such checkpoint"
+    else:
+        argv[2], expected = str(REPO / "models" / "demo.onnx"), "an ONNX export, not a checkpoint; give the .pt"
     assert predict.main(argv) == 2
     stdout, stderr = capsys.readouterr()
-    assert stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert stdout.strip() in ("", "[]") and len(stderr.strip().splitlines()) == 1
     assert expected in stderr and "Traceback" not in stderr
+
+
+def test_a_missing_image_is_reported_and_the_others_go_on(checkpoint, images, tmp_path, capsys):
+    absent = tmp_path / "absent.jpg"
+    argv = [str(images[0]), str(absent), str(images[1]), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]
+    assert predict.main([*argv, "--no-progress"]) == 2
+    stdout, stderr = capsys.readouterr()
+    assert [r["image"] for r in json.loads(stdout)] == [str(images[0]), str(images[1])]
+    assert stderr.strip().splitlines() == [f"error: {absent}: no such image file"]
+
+
+def test_a_folder_stands_for_its_images(checkpoint, images, tmp_path, capsys):
+    (images[0].parent / "notes.txt").write_text("not an image, and not taken for one")
+    argv = [str(images[0].parent), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--threads", "1"]
+    assert predict.main(argv) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [str(images[0])]

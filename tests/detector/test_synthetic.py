@@ -153,6 +153,7 @@ def test_cli(tmp_path, capsys):
     assert "--num-images" in shown and "--seed" in shown and "--out" in shown
     out = tmp_path / "cli"
     assert synthetic.main(["--out", str(out), "--num-images", "3", "--seed", "2"]) == 0
+    assert "rendering cli" in capsys.readouterr().err  # the progress bar
     assert _files(out) == _files(synthetic.generate(tmp_path / "api", num_images=3, seed=2)[0].parent)
     with pytest.raises(SystemExit) as exit_:
         synthetic.main(["--out", str(out), "--num-images", "3"])

@@ -15,7 +15,7 @@ from detector import DEMO_CHECKPOINT, DEMO_EXPORT
 from runtime import EngineError, load_engine
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "service" / "static" / "sample.jpg"
+SAMPLE = REPO / "data" / "sample" / "shapes.jpg"
 
 
 def sample_array(path: Path = SAMPLE) -> np.ndarray:
@@ -98,7 +98,7 @@ def test_bad_model_files_raise_one_clear_error(tmp_path):
     )
     foreign = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), foreign)
-    with pytest.raises(EngineError, match="without a model card; export it with python -m detector.export"):
+    with pytest.raises(EngineError, match="without a model card; export it with python -m tools.export"):
         load_engine(foreign)
     with pytest.raises(EngineError, match="missing.pt: no such checkpoint file"):
         load_engine(tmp_path / "missing.pt")

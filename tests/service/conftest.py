@@ -188,6 +188,16 @@ def fake_model_cls() -> type[FakeModel]:
     return FakeModel
 
 
+@pytest.fixture(scope="session")
+def launch_server(checkpoint):
+    """``with launch_server(folder, "--flag", "value") as live:`` a server of one's own for module-scoped fixtures."""
+
+    def launch(folder: Path, *args: str, env: dict | None = None):
+        return live_server(checkpoint, folder, *args, env=env)
+
+    return launch
+
+
 @pytest.fixture
 def start_server(checkpoint, tmp_path):
     """``with start_server("--flag", "value", env={...}) as live:`` a server of one's own, stopped after."""
@@ -196,3 +206,14 @@ def start_server(checkpoint, tmp_path):
         return live_server(checkpoint, tmp_path, *args, env=env)
 
     return start
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """What the server answers on ``sock`` up to the end of its first response head (or until it closes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data

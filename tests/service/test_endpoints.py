@@ -74,7 +74,7 @@ async def test_page_and_its_sample_image_are_served(app_factory, serve):
     assert 'type="file"' in page.text and "/detect" in page.text and "/sample.jpg" in page.text
     assert sample.headers["content-type"] == "image/jpeg"
     result = detected.json()["results"][0]
-    assert (result["width"], result["height"]) == (512, 384) and result["detections"]
+    assert (result["width"], result["height"]) == (640, 427) and result["detections"]  # a COCO photo
 
 
 async def test_concurrent_requests_share_forward_passes(app_factory, serve, fake_model_cls, image_paths):
@@ -124,7 +124,7 @@ async def test_overload_gets_503_with_retry_after_at_once(app_factory, serve, fa
         metrics = (await client.get("/metrics")).text
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) == {200, 503}, statuses
-    assert statuses.count(200) >= 3
+    assert statuses.count(200) >= 2  # queue_size counts every image admitted: decoding, waiting or running
     refused = [r for r in responses if r.status_code == 503]
     assert all(int(r.headers["retry-after"]) >= 1 and "overloaded" in r.json()["detail"] for r in refused)
     assert all(r.json()["timings"]["total_ms"] < 5000 for r in responses if r.status_code == 200)

@@ -10,6 +10,7 @@ import pytest
 import service.__main__ as main_module
 from detector import DEFAULT_EXPORT
 from service import Settings
+from service.protocol import HeadLimits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,3 +77,19 @@ def test_help_lists_options_and_environment_variables():
     assert out.returncode == 0
     assert "--max-batch-size" in out.stdout and "SERVICE_MAX_BATCH_SIZE" in out.stdout
     assert "SERVICE_API_KEY" in out.stdout and "--api-key" not in out.stdout
+
+
+def test_uvicorn_gets_the_connection_limits(captured, checkpoint):
+    args = ["--checkpoint", str(checkpoint), "--limit-concurrency", "9", "--keep-alive-s", "3", "--max-headers", "30"]
+    assert main_module.main([*args, "--read-timeout-s", "4"]) == 0
+    options = captured["options"]
+    assert options["limit_concurrency"] == 9 and options["timeout_keep_alive"] == 3
+    assert options["http"].keywords["limits"] == HeadLimits(max_bytes=16384, max_headers=30, timeout_s=4.0)
+    assert "redact_secrets" in options["log_config"]["handlers"]["access"]["filters"]
+
+
+def test_a_misspelt_variable_stops_before_serving(captured, capsys, monkeypatch, checkpoint):
+    monkeypatch.setenv("SERVICE_QUEUE_SIZ", "8")
+    assert main_module.main(["--checkpoint", str(checkpoint)]) == 2
+    assert "SERVICE_QUEUE_SIZ (did you mean SERVICE_QUEUE_SIZE?)" in capsys.readouterr().err
+    assert "settings" not in captured

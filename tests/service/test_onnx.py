@@ -14,7 +14,7 @@ from detector import DEMO_EXPORT
 from .conftest import live_server
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "service" / "static" / "sample.jpg"
+SAMPLE = REPO / "data" / "sample" / "shapes.jpg"
 # ``python -m service`` in a process where importing torch fails, as in the edge image.
 WITHOUT_TORCH = [
     sys.executable,

@@ -86,3 +86,14 @@ def test_a_bad_file_shows_the_error(browser, server, tmp_path):
     browser.find_element("id", "file").send_keys(str(bad))
     status = wait_for_status(browser, lambda text: "failed" in text or "detection" in text)
     assert status.startswith("failed: 400") and "not an image" in status, status
+
+
+@pytest.mark.slow
+def test_the_api_docs_render_offline_under_their_csp(browser, server):
+    """Swagger UI from the service itself (no CDN), its inline start-up script allowed by the page's CSP."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/docs")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements("css selector", ".swagger-ui .opblock"))
+    paths = {e.text for e in browser.find_elements("css selector", ".opblock-summary-path")}
+    assert "/detect" in paths, paths

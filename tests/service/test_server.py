@@ -10,6 +10,8 @@ import cv2
 import httpx
 import pytest
 
+from .conftest import read_head
+
 RAW = {"content-type": "image/jpeg"}
 
 
@@ -27,13 +29,7 @@ def raw_exchange(url: str, request: bytes, *, then: bytes = b"", read_timeout: f
                 sock.sendall(then)
             except OSError:  # the server may stop reading once it has answered
                 pass
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        return answer
+        return read_head(sock)
 
 
 def test_happy_path_with_real_images(server, image_paths):

@@ -1,4 +1,4 @@
-"""``python -m detector.export``: a checkpoint becomes an ONNX file that detects the same and describes itself."""
+"""``python -m tools.export``: a checkpoint becomes an ONNX file that detects the same and describes itself."""
 
 import subprocess
 import sys
@@ -9,21 +9,22 @@ import torch
 
 from detector import CategoryMap, Detector, get_config, save_checkpoint
 from detector.categories import Category
-from detector.export import compare_engines, export_onnx
 from runtime import load_engine
+from tools.export import compare_engines, export_onnx, main
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "detector.export", *args]
+    command = [sys.executable, "-m", "tools.export", *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_export_round_trips_the_card_and_the_detections(tmp_path):
     torch.manual_seed(0)
     categories = CategoryMap([Category(1, "person"), Category(18, "dog")])
-    detector = Detector(get_config("edge", box_score_thresh=0.0), categories, provenance={"note": "random"}).eval()
+    # Left in training mode: the export must still take the test-time input size (320), not a training one.
+    detector = Detector(get_config("edge", box_score_thresh=0.0), categories, provenance={"note": "random"}).train()
     checkpoint, exported = tmp_path / "random.pt", tmp_path / "random.onnx"
     save_checkpoint(detector, checkpoint)
     export_onnx(detector, exported)
@@ -35,7 +36,7 @@ def test_export_round_trips_the_card_and_the_detections(tmp_path):
     assert check["box_px"] < 0.05 and check["score"] < 1e-4
 
 
-def test_cli_exports_next_to_the_checkpoint(tmp_path):
+def test_cli_exports_next_to_the_checkpoint(tmp_path):  # the one run as a user runs it, in a new process
     checkpoint = tmp_path / "demo-copy.pt"
     checkpoint.write_bytes((REPO / "models" / "demo.pt").read_bytes())
     out = export_cli("--checkpoint", str(checkpoint))
@@ -48,10 +49,17 @@ def test_cli_exports_next_to_the_checkpoint(tmp_path):
     ("args", "message"),
     [
         (["--checkpoint", "nowhere.pt"], "nowhere.pt: no such checkpoint file"),
+        (
+            ["--checkpoint", str(REPO / "models" / "demo.onnx")],
+            "demo.onnx: an ONNX export, not a checkpoint; give the .pt",
+        ),
         (["--output", "model.bin"], "must end in .onnx"),
     ],
 )
-def test_cli_bad_arguments_exit_2_with_one_line(args, message):
-    out = export_cli(*args)
-    assert out.returncode == 2
-    assert message in out.stderr and "Traceback" not in out.stderr
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
+    try:
+        assert main(args) == 2
+    except SystemExit as exit_info:  # argparse's own errors
+        assert exit_info.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and not any("Traceback" in line for line in err)

@@ -1,4 +1,5 @@
-"""python -m detector.train: it learns, resumes exactly, agrees across DDP ranks, and refuses bad input."""
+"""python -m tools.train: it learns at the rate of its global batch, resumes exactly (and refuses what would move
+the schedule), gives every DDP rank its own random draws with the same weights, and refuses bad input."""
 
 import json
 import os
@@ -14,7 +15,8 @@ from detector import read_checkpoint, synthetic
 from detector.config import get_config
 from detector.data import CocoDetectionDataset, make_loader
 from detector.model import Detector
-from detector.train import main
+from detector.training import restore
+from tools.train import main
 
 REPO = Path(__file__).resolve().parents[2]
 # A detector small enough to train for a few steps in seconds on one CPU thread.
@@ -79,9 +81,12 @@ def test_resume_continues_from_the_saved_step_and_optimizer_state(tiny_set, tmp_
     assert any(not torch.equal(after_one["state_dict"][k], actual[k]) for k in actual)
 
 
-def test_log_and_checkpoints_are_written(tiny_set, tmp_path):
+def test_log_and_checkpoints_are_written(tiny_set, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_args(tiny_set, out, "--epochs", "1", "--warmup-iters", "1")) == 0
+    argv = [a for a in _args(tiny_set, out, "--epochs", "1", "--warmup-iters", "1") if a != "--no-progress"]
+    assert main(argv) == 0
+    progress = capsys.readouterr().err
+    assert "epoch 1/1" in progress and "evaluating" in progress  # bars for training and for validation
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert steps and all({"lr", "loss", "images_per_s", "loss_classifier"} <= r.keys() for r in steps)
@@ -105,6 +110,8 @@ def test_adamw_without_flips_trains_and_saves_its_state(tiny_set, tmp_path):
     [
         (["--epochs", "0"], "--epochs must be positive"),
         (["--set", "neck_width=3"], "unknown detector config fields: neck_width"),
+        (["--set", "min_size=3OO"], "min_size must be int, got '3OO'"),
+        (["--set", "anchor_sizes=[[16, 32], [64], [128], [256]]"], "anchor_sizes needs the same number of sizes"),
         (["--train-images", "/nowhere"], "give --train-images and --train-annotations together"),
         (["--hflip", "1.5"], "--hflip is a probability in [0, 1]"),
         (["--optimizer", "adam"], "invalid choice: 'adam'"),
@@ -131,13 +138,13 @@ def test_missing_annotations_and_resume_without_checkpoint_exit_2(tiny_set, tmp_
 
 _RANK_WORKER = """
     import os, sys, torch
-    import detector.train as train
+    import tools.train as train
 
     evaluate = train.evaluate
 
-    def evaluate_and_dump(detector, val, batch_size):  # runs on every rank after the last epoch
+    def evaluate_and_dump(detector, val, batch_size, **kwargs):  # runs on every rank after the last epoch
         torch.save(detector.model.state_dict(), os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
-        return evaluate(detector, val, batch_size)
+        return evaluate(detector, val, batch_size, **kwargs)
 
     train.evaluate = evaluate_and_dump
     sys.exit(train.main(sys.argv[2:]))
@@ -165,3 +172,86 @@ def test_two_process_torchrun_ends_with_identical_weights(tiny_set, tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
     for key in rank0:
         assert torch.equal(rank0[key], saved[key]), key
+    # Each rank drew its own flips, scales and RoI samples, and resuming gets each its own state back.
+    training = read_checkpoint(out / "last.pt")["training"]
+    assert training["schedule"]["world_size"] == 2 and len(training["rng"]) == 2
+    assert not torch.equal(training["rng"][0]["cpu"], training["rng"][1]["cpu"])
+    # The same run on one process would move the schedule: refused, naming what differs.
+    assert main(_args(tiny_set, out, "--epochs", "2", "--warmup-iters", "1", "--batch-size", "2", "--resume")) == 2
+
+
+def test_lr_is_for_16_images_and_scales_with_the_global_batch(tiny_set, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_set, out, "--epochs", "1", "--lr", "0.02", "--eval-every", "0")) == 0
+    assert "peak lr 0.005: --lr 0.02 for 16 images, scaled to 4 per step" in capsys.readouterr().out
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert start["peak_lr"] == pytest.approx(0.005) and start["global_batch"] == 4
+    optimizer = read_checkpoint(out / "last.pt")["training"]["optimizer"]
+    assert optimizer["param_groups"][0]["initial_lr"] == pytest.approx(0.005)
+    provenance = read_checkpoint(out / "final.pt")["provenance"]
+    assert provenance["peak_lr"] == pytest.approx(0.005) and provenance["global_batch"] == 4
+
+
+def test_resume_refuses_another_batch_size(tiny_set, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_set, out, "--epochs", "1", "--eval-every", "0")) == 0
+    capsys.readouterr()
+    assert main([*_args(tiny_set, out, "--epochs", "2", "--resume", "--eval-every", "0"), "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch_size 4" in err[0] and "batch_size 2" in err[0], err
+
+
+def test_a_checkpoint_from_before_the_resume_checks_still_resumes_exactly(tiny_set, tmp_path, capsys):
+    schedule = ["--schedule", "step", "--lr-steps", "1", "--warmup-iters", "1", "--eval-every", "0"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(_args(tiny_set, straight, "--epochs", "2", *schedule)) == 0
+    assert main(_args(tiny_set, stopped, "--epochs", "1", *schedule)) == 0
+    # Rewrite last.pt as the code before the resume checks wrote it: one CPU RNG state, no schedule record.
+    payload = read_checkpoint(stopped / "last.pt")
+    training = payload["training"]
+    training["torch_rng"] = training.pop("rng")[0]["cpu"]
+    del training["schedule"]
+    torch.save(payload, stopped / "last.pt")
+    capsys.readouterr()
+    assert main(_args(tiny_set, stopped, "--epochs", "2", "--resume", *schedule)) == 0
+    out = capsys.readouterr().out
+    assert "warning:" in out and "predates the resume checks" in out
+    expected, actual = _weights(straight / "final.pt"), _weights(stopped / "final.pt")
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    # Such a checkpoint still refuses a run that would move its steps: here a batch of 2 instead of 4.
+    torch.save(payload, stopped / "last.pt")
+    assert main([*_args(tiny_set, stopped, "--epochs", "2", "--resume", *schedule), "--batch-size", "2"]) == 2
+    assert "took 2 steps per epoch; this run takes 4" in capsys.readouterr().err
+
+
+def test_resuming_with_mixed_precision_starts_a_fresh_loss_scale():
+    # A run without --amp saves an empty scaler state; loading it into an enabled scaler used to raise.
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    saved = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+        "rng": [{"cpu": torch.get_rng_state(), "cuda": None}],
+    }
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    notes = restore(saved, optimizer, scheduler, scaler, torch.device("cpu"))
+    assert scaler.is_enabled() and scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+    assert notes == ["the checkpoint was trained without --amp: the loss scale starts afresh"]
+
+
+def test_ranks_flip_differently_but_shuffle_alike(tiny_set):
+    dataset = CocoDetectionDataset(*tiny_set, train=True, hflip=0.5)
+    plain = CocoDetectionDataset(*tiny_set, train=False)
+
+    def flips(rank: int) -> tuple[list[int], list[bool]]:
+        loader = make_loader(dataset, batch_size=8, train=True, workers=1, seed=3, rank=rank)
+        images, targets = next(iter(loader))
+        ids = [t["image_id"] for t in targets]
+        return ids, [not torch.equal(image, plain[plain.ids.index(i)][0]) for image, i in zip(images, ids, strict=True)]
+
+    (order0, flipped0), (order1, flipped1) = flips(0), flips(1)
+    assert order0 == order1, "every rank must shuffle alike to take its share of one permutation"
+    assert flipped0 != flipped1, "workers on different ranks must not draw the same flips"

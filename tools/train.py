@@ -1,15 +1,18 @@
-"""Train a detector: ``python -m detector.train`` (one process) or ``torchrun ... -m detector.train`` (DDP).
+"""Train a detector: ``python -m tools.train`` (one process) or ``torchrun ... -m tools.train`` (DDP).
 
-With no dataset arguments it trains on the embedded synthetic set. Every epoch it writes ``last.pt`` (the
-checkpoint plus optimizer, schedule, epoch and RNG state, so ``--resume`` continues where it stopped, with
-``--workers 0`` bit for bit) and appends to ``log.jsonl``; every ``--eval-every`` epochs it scores the
+With no dataset arguments it trains on the embedded synthetic set. ``--lr`` is the peak rate for
+``REFERENCE_BATCH`` (16) images per step, scaled with the global batch (``--batch-size`` x processes); the rate
+used is printed and logged. Every epoch it writes ``last.pt`` (the checkpoint plus optimizer, schedule, epoch,
+every rank's RNG state and the arguments that shape the schedule, so ``--resume`` continues where it stopped,
+with ``--workers 0`` bit for bit) and appends to ``log.jsonl``; every ``--eval-every`` epochs it scores the
 validation set with the evaluation code; at the end it writes ``final.pt`` (weights, config, categories,
 provenance with the last metrics; no optimizer).
+
+A command on top of ``detector`` (the model, data and training loop) and ``eval`` (the scoring).
 """
 
 import argparse
 import json
-import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -17,26 +20,38 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from backbone.cli import HelpFormatter
 from backbone.weights import WeightsError
+from detector import distributed as dist
+from detector.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from detector.config import CONFIGS, DEFAULT_CONFIG, ConfigError, DetectorConfig, get_config
+from detector.data import CocoDetectionDataset, DatasetError, make_loader, set_epoch
+from detector.distill import write_distilled_set
+from detector.model import Detector
+from detector.nanodet import ATTRIBUTION as NANODET_ATTRIBUTION
+from detector.synthetic import default_dataset
+from detector.training import (
+    REFERENCE_BATCH,
+    build_optimizer,
+    check_resume,
+    lr_factor,
+    restore,
+    scaled_lr,
+    schedule_record,
+    seed_rank,
+    train_one_epoch,
+    training_state,
+)
 from eval.inference import run_detector
 from eval.scoring import score_results
 
-from . import distributed as dist
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .config import CONFIGS, DEFAULT_CONFIG, DetectorConfig, get_config
-from .data import CocoDetectionDataset, DatasetError, make_loader, set_epoch
-from .distill import write_distilled_set
-from .model import Detector
-from .nanodet import ATTRIBUTION as NANODET_ATTRIBUTION
-from .synthetic import default_dataset
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m detector.train",
+        prog="python -m tools.train",
         description="Train a ShuffleNet Faster R-CNN on a COCO-format dataset (default: the embedded synthetic set).",
+        formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data (default: the synthetic train/val splits, generated on first use)")
     data.add_argument("--train-images", type=Path, help="folder of training images")
@@ -48,9 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="a teacher's OpenVINO IR (NanoDet-m's .xml): its detections label every class the training set lacks",
     )
-    data.add_argument(
-        "--teacher-score", type=float, default=0.35, help="lowest teacher score kept as a label (default: 0.35)"
-    )
+    data.add_argument("--teacher-score", type=float, default=0.35, help="lowest teacher score kept as a label")
     model = p.add_argument_group("model")
     model.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS), help="named configuration")
     model.add_argument(
@@ -68,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     model.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=int, default=26)
+    opt.add_argument("--epochs", type=int, default=26, help="length of the schedule")
     opt.add_argument(
         "--optimizer",
         choices=["sgd", "adamw"],
@@ -76,26 +89,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sgd (with --momentum; torchvision's recipe) or adamw (faster to fit a small set from scratch)",
     )
     opt.add_argument("--batch-size", type=int, default=2, help="images per process per step")
-    opt.add_argument("--lr", type=float, default=0.02, help="peak learning rate (torchvision: 0.02 for 16 images)")
-    opt.add_argument("--momentum", type=float, default=0.9)
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--schedule", choices=["step", "cosine"], default="step")
+    opt.add_argument(
+        "--lr",
+        type=float,
+        default=0.02,
+        help=f"peak learning rate for {REFERENCE_BATCH} images per step, scaled by --batch-size x processes / "
+        f"{REFERENCE_BATCH} (torchvision's 0.02 is for {REFERENCE_BATCH} images)",
+    )
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
+    opt.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty (SGD) or decoupled decay (AdamW)")
+    opt.add_argument(
+        "--schedule", choices=["step", "cosine"], default="step", help="step decay at --lr-steps, or cosine to 0"
+    )
     opt.add_argument("--lr-steps", type=int, nargs="+", default=[16, 22], help="epochs where step decays the lr")
-    opt.add_argument("--lr-gamma", type=float, default=0.1)
+    opt.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each step decay")
     opt.add_argument("--warmup-iters", type=int, default=1000, help="linear warmup from lr/1000")
     opt.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0: off)")
     opt.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     opt.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip in training")
     run = p.add_argument_group("run")
-    run.add_argument("--output-dir", type=Path, default=Path("runs/train"))
+    run.add_argument("--output-dir", type=Path, default=Path("runs/train"), help="where checkpoints and the log go")
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
     run.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: only at the end)")
     run.add_argument("--max-iters", type=int, default=0, help="stop each epoch after N steps (smoke tests)")
     run.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    run.add_argument("--seed", type=int, default=0, help="initial weights; rank r draws from seed + r")
     run.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "lr"):
         if getattr(args, name) <= 0:
@@ -131,25 +157,6 @@ def _parse_override(text: str) -> tuple[str, object]:
         return key, value  # a bare string such as a backbone name
 
 
-def lr_factor(iteration: int, *, warmup_iters: int, iters_per_epoch: int, args: argparse.Namespace) -> float:
-    """Multiplier of the peak lr at ``iteration``: linear warmup, then step decay or cosine to zero."""
-    warmup = 1.0
-    if iteration < warmup_iters:
-        alpha = iteration / warmup_iters
-        warmup = 1e-3 * (1 - alpha) + alpha
-    if args.schedule == "step":
-        epoch = iteration // iters_per_epoch
-        return warmup * args.lr_gamma ** sum(epoch >= s for s in args.lr_steps)
-    total = args.epochs * iters_per_epoch
-    return warmup * 0.5 * (1 + math.cos(math.pi * min(iteration, total) / total))
-
-
-def build_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.Optimizer:
-    if args.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-
-
 def build_datasets(args: argparse.Namespace) -> tuple[CocoDetectionDataset, CocoDetectionDataset]:
     if args.train_images is None:
         if dist.is_main():  # one process generates, the others wait and read
@@ -182,12 +189,12 @@ def build_datasets(args: argparse.Namespace) -> tuple[CocoDetectionDataset, Coco
     return train, val
 
 
-def evaluate(detector: Detector, val: CocoDetectionDataset, batch_size: int) -> dict | None:
+def evaluate(detector: Detector, val: CocoDetectionDataset, batch_size: int, *, progress: bool) -> dict | None:
     """COCO stats on ``val`` through the evaluation code (all ranks infer, rank 0 scores)."""
     detector.eval()
     # Evaluation must not move training's RNG (its DataLoader draws a seed), or resuming would not be exact.
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_initialized() else []):
-        results, timing = run_detector(detector, val, batch_size=batch_size, progress=False)
+        results, timing = run_detector(detector, val, batch_size=batch_size, progress=progress)
     detector.train()
     if not dist.is_main():
         return None
@@ -200,21 +207,22 @@ def train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dist.init_from_env(args.device)
     device = dist.device_for(args.device)
-    torch.manual_seed(args.seed + dist.rank())
     config: DetectorConfig = args.model_config
     train_set, val_set = build_datasets(args)
     loader = make_loader(
-        train_set, batch_size=args.batch_size, train=True, workers=args.workers, distributed=dist.world() > 1
+        train_set,
+        batch_size=args.batch_size,
+        train=True,
+        workers=args.workers,
+        distributed=dist.world() > 1,
+        seed=args.seed,
+        rank=dist.rank(),
     )
     resume_path = args.output_dir / "last.pt"
     resume_state = _read_resume(resume_path, config) if args.resume else None
     torch.manual_seed(args.seed)  # identical initial weights on every rank
-    detector = Detector(
-        config,
-        train_set.categories,
-        backbone_weights=str(args.pretrained_backbone) if args.pretrained_backbone else None,
-        provenance=_provenance(args, train_set, val_set),
-    )
+    detector = _build_detector(config, args, train_set, val_set)
+    seed_rank(args.seed)  # from here on each rank draws its own scale choices, flips and RoI samples
     if resume_state is not None:
         detector.model.load_state_dict(resume_state["state_dict"])
     if args.sync_bn and dist.world() > 1:
@@ -222,9 +230,11 @@ def train(args: argparse.Namespace) -> int:
     detector.to(device).train()
     model = dist.wrap(detector, device)
     params = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, args)
+    peak_lr = scaled_lr(args.lr, args.batch_size, dist.world())
+    optimizer = build_optimizer(params, peak_lr, args)
     iters_per_epoch = len(loader) if not args.max_iters else min(len(loader), args.max_iters)
     warmup_iters = min(args.warmup_iters, iters_per_epoch * args.epochs // 2)
+    schedule = schedule_record(args, iters_per_epoch=iters_per_epoch, warmup_iters=warmup_iters)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, warmup_iters=warmup_iters, iters_per_epoch=iters_per_epoch, args=args)
     )
@@ -232,33 +242,36 @@ def train(args: argparse.Namespace) -> int:
     start_epoch, metrics = 0, None
     if resume_state is not None:
         training = resume_state["training"]
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-        scaler.load_state_dict(training["scaler"])
+        notes = check_resume(training, schedule, resume_path)
+        notes += restore(training, optimizer, scheduler, scaler, device)
         start_epoch, metrics = training["epoch"], training.get("metrics")
-        if "torch_rng" in training:  # flips, scale choice and RoI sampling continue as if never stopped
-            torch.set_rng_state(training["torch_rng"])
+        for note in notes:
+            dist.log_main(f"warning: {note}")
         dist.log_main(f"resumed from {resume_path} at epoch {start_epoch}")
+    global_batch = args.batch_size * dist.world()
+    # What --lr meant depends on the code's version; the rate and batch themselves travel with the model.
+    detector.provenance.update(peak_lr=peak_lr, global_batch=global_batch)
+    dist.log_main(
+        f"peak lr {peak_lr:.4g}: --lr {args.lr:g} for {REFERENCE_BATCH} images, scaled to {global_batch} per step "
+        f"({args.batch_size} x {dist.world()} process{'es' if dist.world() > 1 else ''})"
+    )
     log = _JsonLog(args.output_dir / "log.jsonl") if dist.is_main() else None
+    if log:
+        log.write({"start_epoch": start_epoch, "peak_lr": peak_lr, "global_batch": global_batch} | schedule)
     for epoch in range(start_epoch, args.epochs):
         set_epoch(loader, epoch)
-        _train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters_per_epoch, device, args, log)
+        train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters_per_epoch, device, args, log)
         last = epoch + 1 == args.epochs
         if (args.eval_every and (epoch + 1) % args.eval_every == 0) or last:
-            metrics = evaluate(detector, val_set, args.batch_size)
+            metrics = evaluate(detector, val_set, args.batch_size, progress=not args.no_progress)
             if log:
                 log.write({"epoch": epoch + 1, "eval": metrics})
                 dist.log_main(f"epoch {epoch + 1}: AP {metrics['stats']['AP']:.4f} AP50 {metrics['stats']['AP50']:.4f}")
-        if dist.is_main():
+        state = training_state(
+            optimizer, scheduler, scaler, epoch=epoch + 1, metrics=metrics, schedule=schedule, device=device
+        )
+        if state is not None:  # rank 0
             detector.provenance.update(epochs=epoch + 1, metrics=metrics)
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "metrics": metrics,
-                "torch_rng": torch.get_rng_state(),
-            }
             save_checkpoint(detector, args.output_dir / "last.pt", training_state=state)
     if dist.is_main():
         detector.provenance["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -269,46 +282,12 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters, device, args, log) -> None:
-    bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress or not dist.is_main())
-    seen, started = 0, time.perf_counter()
-    for step, (images, targets) in enumerate(loader):
-        if step >= iters:
-            break
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        with torch.autocast("cuda", enabled=args.amp):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        seen += len(images) * dist.world()
-        rate = seen / (time.perf_counter() - started)
-        lr = optimizer.param_groups[0]["lr"]
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-        bar.update()
-        if log and (step % 20 == 0 or step + 1 == iters):
-            log.write(
-                {"epoch": epoch + 1, "step": step, "lr": lr, "loss": loss.item(), "images_per_s": round(rate, 2)}
-                | {k: round(v.item(), 5) for k, v in losses.items()}
-            )
-    bar.close()
-
-
 def _provenance(args: argparse.Namespace, train_set: CocoDetectionDataset, val_set: CocoDetectionDataset) -> dict:
     """Where the model came from, without this machine's paths: files by name, the command by its arguments."""
     provenance = {
         "dataset": {"train": train_set.annotation_file.name, "val": val_set.annotation_file.name},
         "images": {"train": len(train_set), "val": len(val_set)},
-        "command": "python -m detector.train " + " ".join(sys.argv[1:]),
+        "command": "python -m tools.train " + " ".join(sys.argv[1:]),
     }
     if args.pretrained_backbone:
         provenance["backbone_weights"] = args.pretrained_backbone.name
@@ -319,6 +298,20 @@ def _provenance(args: argparse.Namespace, train_set: CocoDetectionDataset, val_s
     elif args.pretrained_backbone and args.pretrained_backbone.suffix == ".xml":
         provenance["attribution"] = NANODET_ATTRIBUTION
     return provenance
+
+
+def _build_detector(config, args, train_set, val_set) -> Detector:
+    try:
+        return Detector(
+            config,
+            train_set.categories,
+            backbone_weights=str(args.pretrained_backbone) if args.pretrained_backbone else None,
+            provenance=_provenance(args, train_set, val_set),
+        )
+    except (ConfigError, WeightsError):
+        raise
+    except ValueError as exc:  # a backbone name or activation the backbone registry does not know
+        raise ConfigError(f"{config.name}: {exc}") from exc
 
 
 def _read_resume(path: Path, config: DetectorConfig) -> dict:
@@ -345,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return train(args)
-    except (DatasetError, CheckpointError, WeightsError) as exc:
+    except (DatasetError, CheckpointError, WeightsError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,15 @@
+"""What every command line shares: ``--help`` that shows each option's default."""
+
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with "(default: ...)" after every option that has a default to show: not after flags
+    (False), options without one (None, []) or help that already says what happens by default. argparse
+    prints nothing for an option without help, so every option needs a help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        nothing = action.default is None or action.default is False or action.default == []
+        if nothing or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)

@@ -1,0 +1,144 @@
+"""uvicorn's httptools protocol with the limits it lacks, for ``python -m service``.
+
+httptools accepts a request head of any size and any number of header lines, and uvicorn waits forever for a
+head that never ends (its keep-alive timeout starts only after a first response). Each connection here gets:
+
+- 431 once the head passes ``max_bytes`` or ``max_headers`` lines: counted both as httptools parses it and,
+  for reads that do not finish a head, as bytes arrive (a single endless header line is buffered inside
+  httptools), so a connection holds at most one read, 256 KiB, beyond the limit;
+- 408 if the head is not complete ``timeout_s`` after its first byte (or after the connection opened);
+- at shutdown (SIGTERM), 503 at once for a request still receiving its body: uvicorn would otherwise wait
+  for it until the graceful-shutdown timeout and then answer 500. Requests whose body has arrived finish.
+
+The body's own read timeout and size limits are the app's (``service.upload``), where the message can say more.
+"""
+
+import asyncio
+from dataclasses import dataclass
+from functools import partial
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    max_bytes: int  # request line and header lines together
+    max_headers: int
+    timeout_s: float  # from the head's first byte (or the connection's start) to its end
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the status and message are on the protocol."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args, limits: HeadLimits, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self._in_head = True  # waiting for (the rest of) a request head
+        self._heads_completed = 0
+        self._parsed_bytes = 0  # of the current head: its URL and header lines, as parsed
+        self._unfinished_bytes = 0  # of the current head: reads that did not finish it
+        self._header_lines = 0
+        self._refusal: tuple[int, str] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        was_in_head, heads_before = self._in_head, self._heads_completed
+        super().data_received(data)
+        # Counted only when the whole read belongs to one unfinished head (exact; a head that starts after a
+        # body in the same read is counted from the next read on).
+        if was_in_head and heads_before == self._heads_completed and not self.transport.is_closing():
+            self._unfinished_bytes += len(data)
+            if self._unfinished_bytes > self.limits.max_bytes:
+                self._refuse(431, self._too_large)
+
+    @property
+    def _too_large(self) -> str:
+        return f"request header fields too large: over {self.limits.max_bytes} bytes"
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_head_timer()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_lines += 1
+        if self._header_lines > self.limits.max_headers:
+            self._refusal = (431, f"request header fields too large: over {self.limits.max_headers} header lines")
+            raise _Refused  # httptools stops parsing and uvicorn calls send_400_response, which sends ours
+        self._count_parsed(len(name) + len(value) + 4)  # with ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        self._parsed_bytes += size
+        if self._parsed_bytes > self.limits.max_bytes:
+            self._refusal = (431, self._too_large)
+            raise _Refused
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads_completed += 1
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._parsed_bytes, self._unfinished_bytes, self._header_lines = True, 0, 0, 0
+
+    def send_400_response(self, msg: str) -> None:
+        status, msg = self._refusal or (400, msg)
+        self._refuse(status, msg)
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.more_body and not self._in_head:
+            cycle.disconnected = True  # the app's next receive() says so, and its late answer is dropped
+            cycle.message_event.set()
+            self._refuse(503, "the service is shutting down; send the request again", retry_after=5)
+            return
+        super().shutdown()
+
+    def _refuse(self, status: int, msg: str, retry_after: int | None = None) -> None:
+        """Answer ``status`` with a plain-text ``msg`` outside of any app, then close the connection."""
+        self._disarm_head_timer()
+        if self.transport.is_closing():
+            return
+        body = msg.encode("ascii", "replace")
+        head = [STATUS_LINE[status]]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        if retry_after is not None:
+            head.append(b"retry-after: %d\r\n" % retry_after)
+        head += [b"content-type: text/plain; charset=utf-8\r\n", b"content-length: %d\r\n" % len(body)]
+        self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
+        self.transport.close()
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.timeout_s, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(408, f"request head not received within {self.limits.timeout_s:g} s")
+
+
+def guarded_http(limits: HeadLimits) -> partial:
+    """What ``uvicorn.run(http=...)`` takes: a protocol factory with these limits."""
+    return partial(GuardedHttpToolsProtocol, limits=limits)

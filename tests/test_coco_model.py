@@ -1,0 +1,84 @@
+"""The bundled COCO model keeps README's promises: small, describes itself and its origin, its export detects
+what it does, it finds real objects, and (slow) scores its measured AP on coco128 through eval/coco.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from detector import CONFIGS, DEFAULT_CHECKPOINT, DEFAULT_EXPORT, load_checkpoint
+from detector.coco_classes import COCO_CATEGORIES
+from runtime import Detections, load_engine
+from runtime.preprocess import to_model_input
+from tools.export import paired_differences
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_IMAGES = REPO / "data" / "sample" / "images"
+
+
+@pytest.fixture(scope="module")
+def coco_model():
+    return load_checkpoint(DEFAULT_CHECKPOINT)
+
+
+def test_is_small_and_describes_itself(coco_model):
+    assert DEFAULT_CHECKPOINT.stat().st_size < 20 * 2**20 and DEFAULT_EXPORT.stat().st_size < 20 * 2**20
+    assert coco_model.config == CONFIGS["coco_edge"]
+    assert [(c.id, c.name) for c in coco_model.categories.categories] == list(COCO_CATEGORIES)
+    provenance = coco_model.provenance
+    assert "NanoDet" in provenance["attribution"] and "Apache-2.0" in provenance["attribution"]
+    assert provenance["teacher"]["weights"] == "nanodet_m.xml"
+    # No path of the machine that trained it: files by name, data by relative path.
+    text = json.dumps(provenance)
+    assert "/work/" not in text and "/root/" not in text and "/home/" not in text, text
+
+
+def test_export_carries_the_card_and_detects_the_same(coco_model):
+    # Detections at the service's default threshold, paired by label and box (tools.export's own check).
+    torch_engine, onnx_engine = load_engine(DEFAULT_CHECKPOINT, "torch"), load_engine(DEFAULT_EXPORT, "onnxruntime")
+    assert onnx_engine.card.provenance["attribution"] == coco_model.provenance["attribution"]
+    assert onnx_engine.card.categories == coco_model.categories
+    config = coco_model.config
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:3]:
+        image = to_model_input(cv2.imread(str(path)), config.min_size, config.max_size)
+        (a,), (b,) = torch_engine.predict([image]), onnx_engine.predict([image])
+        shown_a, shown_b = a.scores >= 0.3, b.scores >= 0.3
+        assert sorted(a.labels[shown_a]) == sorted(b.labels[shown_b]), path.name
+        if shown_a.any():
+            shown = Detections(a.boxes[shown_a], a.labels[shown_a], a.scores[shown_a])
+            box_px, score = paired_differences(shown, b)
+            assert box_px < 0.01 and score < 1e-4, (path.name, box_px, score)
+
+
+def test_finds_real_objects_on_the_bundled_photos(coco_model):
+    # Every bundled photo with a person in its official annotations gets a person at score >= 0.5.
+    annotations = json.loads((REPO / "data" / "sample" / "instances.json").read_text())
+    with_person = {a["image_id"] for a in annotations["annotations"] if a["category_id"] == 1 and not a["iscrowd"]}
+    engine = load_engine(DEFAULT_EXPORT, "onnxruntime")
+    config = engine.card.config
+    checked = 0
+    for image in annotations["images"]:
+        if image["id"] not in with_person:
+            continue
+        bgr = cv2.imread(str(SAMPLE_IMAGES / image["file_name"]))
+        (found,) = engine.predict([to_model_input(bgr, config.min_size, config.max_size)])
+        labels = found.labels[found.scores >= 0.5]
+        names = {engine.card.categories.name(int(label)) for label in labels}
+        assert "person" in names, (image["file_name"], names)
+        checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.slow
+def test_scores_its_measured_ap_on_coco128(coco128):
+    command = [sys.executable, "eval/coco.py", "--images", str(coco128 / "images")]
+    command += ["--annotations", str(coco128 / "instances.json"), "--json"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["evaluated"]["checkpoint"].endswith("coco.pt")  # the default with COCO annotations
+    measured = load_checkpoint(DEFAULT_CHECKPOINT).provenance["metrics"]["stats"]["AP"]
+    assert report["stats"]["AP"] == pytest.approx(measured, abs=0.005)
