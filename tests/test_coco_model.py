@@ -32,8 +32,8 @@ def test_is_small_and_describes_itself(coco_model):
     assert "NanoDet" in provenance["attribution"] and "Apache-2.0" in provenance["attribution"]
     assert provenance["teacher"]["weights"] == "nanodet_m.xml"
     # No path of the machine that trained it: files by name, data by relative path.
-    text = json.dumps(provenance)
-    assert "/work/" not in text and "/root/" not in text and "/home/" not in text, text
+    absolute = [word for word in json.dumps(provenance).replace('"', " ").split() if word.startswith("/")]
+    assert not absolute, absolute
 
 
 def test_export_carries_the_card_and_detects_the_same(coco_model):
