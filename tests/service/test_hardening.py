@@ -49,7 +49,7 @@ def test_a_large_png_is_shrunk_without_a_full_size_float_copy(dtype):
 )
 def test_shrinking_equals_opencvs_float_resize_bit_for_bit(shape, size):
     """OpenCV's portable float bilinear (what ARM runs; x86 builds may take Intel IPP's, 1e-5 apart)."""
-    from service.images import shrink_bilinear
+    from runtime.preprocess import shrink_bilinear
 
     array = np.random.default_rng(0).integers(0, 65535, (*shape, 3)).astype(np.uint16)
     use_ipp = cv2.ipp.useIPP()
