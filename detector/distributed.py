@@ -50,6 +50,15 @@ def gather(obj: object) -> list | None:
     return gathered
 
 
+def broadcast(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in a lone process). A collective: every rank must call it."""
+    if not td.is_initialized():
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel when in a process group, else the model itself."""
     if not td.is_initialized():

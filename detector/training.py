@@ -67,6 +67,14 @@ def schedule_record(args: argparse.Namespace, *, iters_per_epoch: int, warmup_it
     return record | steps | {"world_size": dist.world(), "peak_lr": peak}
 
 
+def fit_epochs(budget_s: float, elapsed_s: float, epoch_s: float, *, done: int, most: int) -> int:
+    """How many epochs a run fits in a wall-clock budget, once ``done`` epochs took ``epoch_s`` seconds each and
+    ``elapsed_s`` have gone (setup included); at least ``done``, at most ``most``. A tenth of what remains is kept
+    spare: evaluations and the last checkpoint are not in ``epoch_s``."""
+    more = int(0.9 * (budget_s - elapsed_s) / epoch_s) if epoch_s > 0 else most
+    return max(done, min(most, done + more))
+
+
 def rng_state(device: torch.device) -> dict:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 

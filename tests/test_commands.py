@@ -8,6 +8,7 @@ import pytest
 COMMANDS = {
     "tools.train": True,
     "tools.export": True,
+    "tools.shrink_dataset": True,  # encodes in --threads threads
     "detector.predict": True,
     "eval.coco": True,
     "detector.complexity": True,

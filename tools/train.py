@@ -35,6 +35,7 @@ from detector.training import (
     REFERENCE_BATCH,
     build_optimizer,
     check_resume,
+    fit_epochs,
     lr_factor,
     restore,
     scaled_lr,
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="local backbone weights: an ImageNet state dict, or an OpenVINO IR holding the body (NanoDet-m's .xml)",
     )
+    model.add_argument(
+        "--init",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from a detector checkpoint's weights (same configuration and categories) with a fresh "
+        "optimizer and schedule: fine-tuning, or another cycle of a finished run (unlike --resume)",
+    )
     model.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=26, help="length of the schedule")
@@ -100,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty (SGD) or decoupled decay (AdamW)")
     opt.add_argument(
         "--schedule", choices=["step", "cosine"], default="step", help="step decay at --lr-steps, or cosine to 0"
+    )
+    opt.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="fit a cosine schedule to this wall-clock budget: after the first epoch, --epochs becomes what fits "
+        "(at most --epochs); a resumed run keeps the length it was fitted to",
     )
     opt.add_argument("--lr-steps", type=int, nargs="+", default=[16, 22], help="epochs where step decays the lr")
     opt.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each step decay")
@@ -132,12 +147,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("give --train-images and --train-annotations together")
     if (args.val_images is None) != (args.val_annotations is None):
         p.error("give --val-images and --val-annotations together")
+    if args.init is not None and args.resume:
+        p.error("--init starts a new run from a checkpoint's weights; --resume continues OUTPUT_DIR/last.pt")
     if args.teacher is not None and args.train_images is None:
         p.error("--teacher labels a dataset given with --train-images and --train-annotations")
     if not 0 < args.teacher_score <= 1:
         p.error(f"--teacher-score is a score in (0, 1], got {args.teacher_score}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be positive, got {args.threads}")
+    if args.time_budget is not None and (args.time_budget <= 0 or args.schedule != "cosine"):
+        p.error("--time-budget takes positive minutes and fits a cosine schedule (give --schedule cosine)")
     if args.amp and not args.device.startswith("cuda"):
         p.error("--amp needs a CUDA device")
     try:
@@ -203,6 +222,7 @@ def evaluate(detector: Detector, val: CocoDetectionDataset, batch_size: int, *, 
 
 
 def train(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
     dist.init_from_env(args.device)
@@ -225,6 +245,8 @@ def train(args: argparse.Namespace) -> int:
     seed_rank(args.seed)  # from here on each rank draws its own scale choices, flips and RoI samples
     if resume_state is not None:
         detector.model.load_state_dict(resume_state["state_dict"])
+    elif args.init is not None:
+        detector.model.load_state_dict(_read_init(args.init, config, detector.categories)["state_dict"])
     if args.sync_bn and dist.world() > 1:
         detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
     detector.to(device).train()
@@ -234,6 +256,8 @@ def train(args: argparse.Namespace) -> int:
     optimizer = build_optimizer(params, peak_lr, args)
     iters_per_epoch = len(loader) if not args.max_iters else min(len(loader), args.max_iters)
     warmup_iters = min(args.warmup_iters, iters_per_epoch * args.epochs // 2)
+    if resume_state is not None and args.time_budget:  # the length was fitted once, when the run began
+        args.epochs = resume_state["training"].get("schedule", {}).get("epochs", args.epochs)
     schedule = schedule_record(args, iters_per_epoch=iters_per_epoch, warmup_iters=warmup_iters)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, warmup_iters=warmup_iters, iters_per_epoch=iters_per_epoch, args=args)
@@ -258,9 +282,15 @@ def train(args: argparse.Namespace) -> int:
     log = _JsonLog(args.output_dir / "log.jsonl") if dist.is_main() else None
     if log:
         log.write({"start_epoch": start_epoch, "peak_lr": peak_lr, "global_batch": global_batch} | schedule)
-    for epoch in range(start_epoch, args.epochs):
+    epoch = start_epoch
+    while epoch < args.epochs:  # not range(): --time-budget sets args.epochs after the first epoch
         set_epoch(loader, epoch)
+        epoch_started = time.monotonic()
         train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters_per_epoch, device, args, log)
+        if args.time_budget and epoch == 0:
+            _fit_to_budget(
+                args, schedule, elapsed_s=time.monotonic() - started, epoch_s=time.monotonic() - epoch_started, log=log
+            )
         last = epoch + 1 == args.epochs
         if (args.eval_every and (epoch + 1) % args.eval_every == 0) or last:
             metrics = evaluate(detector, val_set, args.batch_size, progress=not args.no_progress)
@@ -273,6 +303,7 @@ def train(args: argparse.Namespace) -> int:
         if state is not None:  # rank 0
             detector.provenance.update(epochs=epoch + 1, metrics=metrics)
             save_checkpoint(detector, args.output_dir / "last.pt", training_state=state)
+        epoch += 1
     if dist.is_main():
         detector.provenance["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         save_checkpoint(detector, args.output_dir / "final.pt")
@@ -280,6 +311,17 @@ def train(args: argparse.Namespace) -> int:
     dist.barrier()
     dist.shutdown()
     return 0
+
+
+def _fit_to_budget(args: argparse.Namespace, schedule: dict, *, elapsed_s: float, epoch_s: float, log) -> None:
+    """Set the run's length (and the cosine it follows) from the first epoch's time; rank 0 decides for all."""
+    fitted = fit_epochs(args.time_budget * 60, elapsed_s, epoch_s, done=1, most=args.epochs)
+    args.epochs = schedule["epochs"] = dist.broadcast(fitted)
+    dist.log_main(
+        f"time budget {args.time_budget:g} min: the first epoch took {epoch_s:.0f} s, so {args.epochs} epochs"
+    )
+    if log:
+        log.write({"time_budget_min": args.time_budget, "first_epoch_s": round(epoch_s, 1), "epochs": args.epochs})
 
 
 def _provenance(args: argparse.Namespace, train_set: CocoDetectionDataset, val_set: CocoDetectionDataset) -> dict:
@@ -291,6 +333,8 @@ def _provenance(args: argparse.Namespace, train_set: CocoDetectionDataset, val_s
     }
     if args.pretrained_backbone:
         provenance["backbone_weights"] = args.pretrained_backbone.name
+    if args.init:
+        provenance["init"] = args.init.name
     if args.teacher:
         provenance["teacher"] = {"weights": args.teacher.name, "min_score": args.teacher_score}
         if args.teacher.suffix == ".xml":
@@ -312,6 +356,15 @@ def _build_detector(config, args, train_set, val_set) -> Detector:
         raise
     except ValueError as exc:  # a backbone name or activation the backbone registry does not know
         raise ConfigError(f"{config.name}: {exc}") from exc
+
+
+def _read_init(path: Path, config: DetectorConfig, categories) -> dict:
+    payload = read_checkpoint(path)
+    if DetectorConfig.from_dict(payload["config"]) != config:
+        raise CheckpointError(f"{path}: --init needs a checkpoint of the configuration --config/--set give")
+    if payload["categories"] != categories.to_coco():
+        raise CheckpointError(f"{path}: --init needs a checkpoint of the training set's categories")
+    return payload
 
 
 def _read_resume(path: Path, config: DetectorConfig) -> dict:

@@ -15,7 +15,7 @@ from detector import read_checkpoint, synthetic
 from detector.config import get_config
 from detector.data import CocoDetectionDataset, make_loader
 from detector.model import Detector
-from detector.training import restore
+from detector.training import fit_epochs, restore
 from tools.train import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +115,8 @@ def test_adamw_without_flips_trains_and_saves_its_state(tiny_set, tmp_path):
         (["--train-images", "/nowhere"], "give --train-images and --train-annotations together"),
         (["--hflip", "1.5"], "--hflip is a probability in [0, 1]"),
         (["--optimizer", "adam"], "invalid choice: 'adam'"),
+        (["--time-budget", "5"], "--time-budget takes positive minutes and fits a cosine schedule"),
+        (["--time-budget", "0", "--schedule", "cosine"], "--time-budget takes positive minutes"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(extra, message, capsys):
@@ -190,6 +192,51 @@ def test_lr_is_for_16_images_and_scales_with_the_global_batch(tiny_set, tmp_path
     assert optimizer["param_groups"][0]["initial_lr"] == pytest.approx(0.005)
     provenance = read_checkpoint(out / "final.pt")["provenance"]
     assert provenance["peak_lr"] == pytest.approx(0.005) and provenance["global_batch"] == 4
+
+
+def test_fit_epochs_spends_nine_tenths_of_what_remains():
+    # 10 min budget, 60 s gone of which the first epoch took 50 s: 0.9 * 540 / 50 = 9.7, so 9 more.
+    assert fit_epochs(600, 60, 50, done=1, most=100) == 10
+    assert fit_epochs(600, 60, 50, done=1, most=6) == 6  # --epochs stays the ceiling
+    assert fit_epochs(60, 90, 50, done=1, most=100) == 1  # over budget already: stop after the epoch done
+
+
+def test_time_budget_sets_the_run_length_and_a_resume_keeps_it(tiny_set, tmp_path, capsys):
+    out = tmp_path / "run"
+    budget = ["--schedule", "cosine", "--eval-every", "0", "--epochs", "40", "--time-budget", "0.001"]
+    assert main(_args(tiny_set, out, *budget)) == 0  # 0.06 s: fits the one epoch already done
+    assert "so 1 epochs" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {r["epoch"] for r in records if "loss" in r} == {1}
+    assert [r["epochs"] for r in records if "time_budget_min" in r] == [1]
+    assert read_checkpoint(out / "final.pt")["provenance"]["epochs"] == 1
+    assert read_checkpoint(out / "last.pt")["training"]["schedule"]["epochs"] == 1
+    # A resume with a generous budget continues the fitted schedule (here: already complete), not a new one.
+    assert main(_args(tiny_set, out, *budget[:-1], "30", "--resume")) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {r["epoch"] for r in records if "loss" in r} == {1}
+
+
+def test_init_starts_a_fresh_schedule_from_a_checkpoints_weights(tiny_set, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(_args(tiny_set, first, "--epochs", "1", "--eval-every", "0")) == 0
+    # lr 0: the second run's weights can only be the ones it started from.
+    zero = ["--epochs", "1", "--eval-every", "0", "--lr", "1e-12", "--warmup-iters", "1", "--init"]
+    assert main(_args(tiny_set, second, *zero, str(first / "final.pt"))) == 0
+    before, after = _weights(first / "final.pt"), _weights(second / "final.pt")
+    learnt = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in learnt)
+    provenance = read_checkpoint(second / "final.pt")["provenance"]
+    assert provenance["init"] == "final.pt" and provenance["epochs"] == 1
+    training = read_checkpoint(second / "last.pt")["training"]
+    assert training["epoch"] == 1  # a new schedule, not the first run's continued
+    capsys.readouterr()
+    other = [*SMALL[:-1], "train_min_sizes=[96, 112]"]
+    assert main([*_args(tiny_set, tmp_path / "third", "--init", str(first / "final.pt")), *other]) == 2
+    assert "--init needs a checkpoint of the configuration" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(_args(tiny_set, first, "--resume", "--init", str(first / "final.pt")))
+    assert exit_info.value.code == 2
 
 
 def test_resume_refuses_another_batch_size(tiny_set, tmp_path, capsys):
