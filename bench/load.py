@@ -155,7 +155,7 @@ async def run_load(args: argparse.Namespace) -> dict:
 def run_direct(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO))
     from runtime import load_engine
-    from service.images import decode
+    from runtime.images import decode
 
     engine = load_engine(args.checkpoint, args.engine, threads=args.threads)
     config = engine.card.config

@@ -1,6 +1,6 @@
 """From a decoded image to what every engine takes: RGB float32 (3, H, W) in 0..1 at the model's input size.
 
-The one shrinking path, shared by the service's decoder (``service.images``), the export's check and the
+The one shrinking path, shared by the service's decoder (``runtime.images``), the export's check and the
 benchmarks. The size rule is torchvision's GeneralizedRCNNTransform's (short side ``min_size``, long side at most
 ``max_size``); images already smaller are kept. Shrinking is bilinear in float32, as torchvision's transform
 resizes: OpenCV's 8-bit bilinear rounds differently on x86 and ARM, enough to move a score by 0.008.

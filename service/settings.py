@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from detector.config import DEFAULT_EXPORT
 from runtime import EngineName
+from runtime.images import DEFAULT_MAX_PIXELS, DEFAULT_SCORE_THRESHOLD
 
 
 class Settings(BaseSettings):
@@ -47,14 +48,16 @@ class Settings(BaseSettings):
         128, ge=4, le=100_000, description="connections and requests at once; past it uvicorn answers 503"
     )
     keep_alive_s: float = Field(5.0, gt=0, le=3600, description="how long an idle keep-alive connection is kept")
-    max_pixels: int = Field(24_000_000, ge=1, description="largest image, width x height, from its header")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image, width x height, from its header")
     decode_budget_pixels: int = Field(
         48_000_000,
         ge=1,
         description="pixels being decoded at once, all requests together (16-bit ones count twice); past it 503",
     )
     max_images_per_request: int = Field(16, ge=1, le=1024)
-    score_threshold: float = Field(0.3, ge=0, le=1, description="default for the score_threshold option")
+    score_threshold: float = Field(
+        DEFAULT_SCORE_THRESHOLD, ge=0, le=1, description="default for the score_threshold option"
+    )
     api_key: SecretStr | None = Field(None, description="when set, every endpoint but /healthz requires it")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated")
     warmup_runs: int = Field(2, ge=0, le=100, description="forward passes before /readyz says ready")

@@ -24,6 +24,16 @@ def coco128() -> Path:
 
 
 @pytest.fixture(scope="session")
+def image_paths(coco128) -> list[Path]:
+    return sorted((coco128 / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def jpeg(image_paths) -> bytes:
+    return image_paths[0].read_bytes()  # 640 x 480
+
+
+@pytest.fixture(scope="session")
 def cocoapi_fixtures() -> Path:
     if not COCOAPI_FIXTURES.is_dir():
         pytest.fail(f"the COCO API fixtures are missing: expected {COCOAPI_FIXTURES}")

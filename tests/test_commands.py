@@ -9,7 +9,7 @@ COMMANDS = {
     "tools.train": True,
     "tools.export": True,
     "tools.shrink_dataset": True,  # encodes in --threads threads
-    "detector.predict": True,
+    "tools.predict": True,
     "eval.coco": True,
     "detector.complexity": True,
     "backbone.complexity": True,

@@ -21,11 +21,20 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from runtime import Detections, ModelCard
+from runtime.images import (
+    DecodedImage,
+    ImageError,
+    ImageHeader,
+    check_pixels,
+    decode,
+    decode_cost,
+    detections_in_image,
+    read_header,
+)
 
 from ..batcher import Batcher, BatcherClosed, BatchFailed, Outcome, QueueFull, RequestTimeout
 from ..budget import Budget, Lease
 from ..dependencies import BatcherDep, BudgetsDep, EngineDep, LeasesDep, SettingsDep
-from ..images import DecodedImage, ImageError, ImageHeader, check_pixels, decode, decode_cost, read_header
 from ..metrics import ServiceMetrics
 from ..schemas import Detection, DetectOptions, DetectResponse, Error, ImageResult, ModelRef, Timings
 from ..settings import Settings
@@ -256,28 +265,15 @@ def _busy(batcher: Batcher, reason: str) -> NoReturn:
 
 def _result(result: Detections, image: DecodedImage, options: DetectOptions, card: ModelCard) -> ImageResult:
     """Detections in the original image's pixels, filtered by score and class, best first."""
-    _, height, width = image.array.shape
-    sx, sy = image.width / width, image.height / height
-    boxes, labels, scores = result.boxes.tolist(), result.labels.tolist(), result.scores.tolist()
-    wanted = set(options.classes) if options.classes else None
-    detections = []
-    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
-        if len(detections) >= options.max_detections or scores[i] < options.score_threshold:
-            break
-        name = card.categories.name(labels[i])
-        if wanted is not None and name not in wanted:
-            continue
-        x1, y1, x2, y2 = boxes[i]
-        box = [
-            round(min(max(x1 * sx, 0.0), image.width), 2),
-            round(min(max(y1 * sy, 0.0), image.height), 2),
-            round(min(max(x2 * sx, 0.0), image.width), 2),
-            round(min(max(y2 * sy, 0.0), image.height), 2),
-        ]
-        detections.append(
-            Detection(label=name, category_id=card.categories.category_id(labels[i]), score=scores[i], box=box)
-        )
-    return ImageResult(width=image.width, height=image.height, detections=detections)
+    detections = detections_in_image(
+        result,
+        image,
+        card,
+        score_threshold=options.score_threshold,
+        max_detections=options.max_detections,
+        classes=set(options.classes) if options.classes else None,
+    )
+    return ImageResult(width=image.width, height=image.height, detections=[Detection(**d) for d in detections])
 
 
 def _ms(seconds: float) -> float:

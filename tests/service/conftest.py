@@ -35,11 +35,6 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def image_paths(coco128) -> list[Path]:
-    return sorted((coco128 / "images").glob("*.jpg"))
-
-
-@pytest.fixture(scope="session")
 def make_settings(checkpoint) -> Callable[..., Settings]:
     def make(**overrides) -> Settings:
         return Settings(**{"checkpoint": checkpoint, "threads": 1, "warmup_runs": 0, **overrides})
@@ -171,11 +166,6 @@ def app_factory(make_settings):
 @pytest.fixture(scope="session")
 def serve():
     return serving
-
-
-@pytest.fixture(scope="session")
-def jpeg(image_paths) -> bytes:
-    return image_paths[0].read_bytes()  # 640 x 480
 
 
 @pytest.fixture(scope="module")

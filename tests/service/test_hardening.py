@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.images import decode, read_header
+from runtime.images import decode, read_header
 from service.settings import Settings
 
 SIZES = {"min_size": 320, "max_size": 544}
@@ -71,7 +71,7 @@ def test_one_pixel_wide_or_tall_images_decode(ext, height, width):
 
 
 def test_decode_cost_counts_what_the_decoder_allocates():
-    from service.images import decode_cost
+    from runtime.images import decode_cost
 
     photo = read_header(encode(np.zeros((3000, 4000, 3), np.uint8), ".jpg"))
     png = read_header(encode(np.zeros((3000, 4000, 3), np.uint8), ".png"))

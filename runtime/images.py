@@ -1,4 +1,6 @@
-"""Image bytes -> a model-ready array, with the size checked from the file header before anything is decoded.
+"""Image bytes -> a model-ready array, with the size checked from the file header before anything is decoded,
+and the model's detections back in the image's own pixels: the one way an image is seen, by the service and by
+``python -m tools.predict`` alike.
 
 ``read_header`` parses the few bytes of a JPEG, PNG, WebP or BMP header that give its dimensions, so an image
 over the pixel limit (a decompression bomb) is refused before OpenCV allocates its bitmap. ``decode`` then
@@ -8,7 +10,8 @@ would resize it to, so that only a small tensor waits in the batching queue. Lar
 at 1/2, 1/4 or 1/8 scale by libjpeg directly when that is still at least the detector's input size; other
 images are decoded at full size (8 or 16 bits a sample, never float) and shrunk by sampling only the pixels
 bilinear interpolation reads. ``decode_cost`` says, from the header, how many pixels a decode will allocate,
-which is what the service budgets.
+which is what the service budgets. ``detections_in_image`` maps an engine's detections on the decoded array
+back to the original image, best first, filtered by score (``DEFAULT_SCORE_THRESHOLD`` unless asked otherwise).
 """
 
 import math
@@ -19,9 +22,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from runtime.preprocess import input_scale, shrink_to_input
+from .card import Detections, ModelCard
+from .preprocess import input_scale, shrink_to_input
 
 SUPPORTED = ("JPEG", "PNG", "WebP", "BMP")
+# The defaults of every way to run the model on images (the service's settings, tools.predict's options).
+DEFAULT_SCORE_THRESHOLD = 0.3
+DEFAULT_MAX_PIXELS = 24_000_000  # width x height from the header: a decompression bomb stops here
 # Formats we recognise only to say that they are not supported.
 _OTHER_MAGIC = {
     b"GIF87a": "GIF",
@@ -144,6 +151,41 @@ def decode(data: bytes, *, max_pixels: int, min_size: int, max_size: int) -> Dec
     else:
         raise ImageError(f"unsupported {header.format} sample type {array.dtype}")
     return DecodedImage(shrink_to_input(array, width, height, scale, divisor), width, height)
+
+
+def detections_in_image(
+    result: Detections,
+    image: DecodedImage,
+    card: ModelCard,
+    *,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    max_detections: int = 100,
+    classes: set[str] | None = None,
+) -> list[dict]:
+    """An engine's ``result`` on ``image.array`` in the original image's pixels (boxes clipped to it), best
+    first, at least ``score_threshold``, at most ``max_detections``, only ``classes`` when given: a list of
+    {"label", "category_id", "score", "box": [x1, y1, x2, y2]}."""
+    _, height, width = image.array.shape
+    sx, sy = image.width / width, image.height / height
+    boxes, labels, scores = result.boxes.tolist(), result.labels.tolist(), result.scores.tolist()
+    detections = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        if len(detections) >= max_detections or scores[i] < score_threshold:
+            break
+        name = card.categories.name(labels[i])
+        if classes is not None and name not in classes:
+            continue
+        x1, y1, x2, y2 = boxes[i]
+        box = [
+            round(min(max(x1 * sx, 0.0), image.width), 2),
+            round(min(max(y1 * sy, 0.0), image.height), 2),
+            round(min(max(x2 * sx, 0.0), image.width), 2),
+            round(min(max(y2 * sy, 0.0), image.height), 2),
+        ]
+        detections.append(
+            {"label": name, "category_id": card.categories.category_id(labels[i]), "score": scores[i], "box": box}
+        )
+    return detections
 
 
 def _jpeg_reduction(header: ImageHeader, scale: float) -> tuple[int, int | None]:

@@ -1,71 +1,45 @@
 """Look at what a detector sees: draw its detections onto copies of images and print them as JSON.
 
-    python -m detector.predict IMAGE_OR_FOLDER... [--checkpoint PATH] [--out DIR] [--score-threshold 0.5]
+    python -m tools.predict IMAGE_OR_FOLDER... [--model models/coco.onnx] [--out DIR] [--score-threshold 0.3]
 
-Each image (a folder stands for the images in it) gets a copy under ``--out`` (default runs/predict/) with
-boxes, labels and scores drawn, and stdout gets one JSON list: per image {"image", "width", "height",
-"output", "detections": [{"label", "category_id", "score", "box": [x1, y1, x2, y2] in the image's pixels}]}.
-A missing or undecodable image gets one line on stderr and the others go on; the exit status is then 2. A bad
-checkpoint (or an ONNX export given as one) ends at once with one line and status 2.
+The image is seen exactly as the service sees it: the same decoder (``runtime.images``: EXIF orientation,
+reduced JPEG decoding, the same shrink to the model's input), the same engines (a ``.pt`` checkpoint in
+PyTorch, a ``.onnx`` export in ONNX Runtime) and the same default threshold, so the command line and
+``POST /detect`` give the same answer. Each image (a folder stands for the images in it) gets a copy under
+``--out`` (default runs/predict/) with boxes, labels and scores drawn, and stdout gets one JSON list: per image
+{"image", "width", "height", "output", "detections": [{"label", "category_id", "score", "box": [x1, y1, x2,
+y2] in the image's pixels}]}. A missing or undecodable image gets one line on stderr and the others go on; the
+exit status is then 2. A model file that cannot be loaded ends at once with one line and status 2.
+
+A command on top of ``runtime`` (engines, decoding) and ``detector`` (the default model's path).
 """
 
 import argparse
-import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from backbone.cli import HelpFormatter
-
-from .checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
-from .model import Detector
+from detector.config import DEFAULT_EXPORT
+from runtime import Engine, EngineError, load_engine
+from runtime.images import DEFAULT_MAX_PIXELS, DEFAULT_SCORE_THRESHOLD, ImageError, decode, detections_in_image
 
 DEFAULT_OUT = Path("runs/predict")
-# What a folder argument stands for: the files in it that OpenCV reads, by extension.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# What a folder argument stands for: the files in it that the decoder reads, by extension.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-class ImageError(ValueError):
-    """An input image that does not exist or cannot be decoded."""
-
-
-def read_image(path: Path) -> np.ndarray:
-    """BGR uint8 (H, W, 3): OpenCV's IMREAD_COLOR turns grayscale into 3 channels, drops alpha, and maps
-    16-bit files to 8 bits, so every readable file reaches the model the same way."""
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageError(f"{path}: not an image OpenCV can decode")
-    return image
-
-
-def detect(detector: Detector, image_bgr: np.ndarray, score_threshold: float) -> list[dict]:
-    """Detections on one BGR image, best first, as JSON-ready dicts with dataset category ids and names."""
-    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)
-    device = next(itertools.chain(detector.parameters(), detector.buffers()), torch.empty(0)).device
-    output = detector.predict([tensor.to(device)])[0]
-    detections = []
-    for box, label, score in zip(
-        output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist(), strict=True
-    ):
-        if score < score_threshold:
-            continue
-        detections.append(
-            {
-                "label": detector.categories.name(label),
-                "category_id": detector.categories.category_id(label),
-                "score": round(float(score), 4),
-                "box": [round(v, 2) for v in box],
-            }
-        )
-    return sorted(detections, key=lambda d: -d["score"])
+def detect(engine: Engine, data: bytes, *, score_threshold: float, max_pixels: int) -> tuple[list[dict], int, int]:
+    """Detections on one encoded image, best first, with its (width, height) as displayed."""
+    sizes = {"min_size": engine.card.config.min_size, "max_size": engine.card.config.max_size}
+    image = decode(data, max_pixels=max_pixels, **sizes)
+    result = engine.predict([image.array])[0]
+    return detections_in_image(result, image, engine.card, score_threshold=score_threshold), image.width, image.height
 
 
 def colour(category_id: int) -> tuple[int, int, int]:
@@ -113,33 +87,48 @@ def expand(paths: list[Path]) -> list[Path]:
     return files
 
 
-def predict_one(detector: Detector, path: Path, out_dir: Path, taken: set[Path], score_threshold: float) -> dict:
+def predict_one(engine: Engine, path: Path, out_dir: Path, taken: set[Path], args: argparse.Namespace) -> dict:
     """Detect on the image at ``path``, write its drawn copy, and return its entry of the JSON report."""
-    image = read_image(path)
-    detections = detect(detector, image, score_threshold)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    try:
+        detections, width, height = detect(
+            engine, path.read_bytes(), score_threshold=args.score_threshold, max_pixels=args.max_pixels
+        )
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # full size, EXIF-rotated as the decoder did: to draw on
     target = output_path(out_dir, path, taken)
     try:
-        written = cv2.imwrite(str(target), draw(image, detections))
+        written = image is not None and cv2.imwrite(str(target), draw(image, detections))
     except cv2.error:  # no encoder for the file's extension
         written = False
     if not written:
         raise ImageError(f"{target}: OpenCV could not write the drawn copy")
-    height, width = image.shape[:2]
     return {"image": str(path), "width": width, "height": height, "output": str(target), "detections": detections}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m detector.predict", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+        prog="python -m tools.predict", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument(
-        "images", nargs="+", type=Path, metavar="IMAGE", help="image files (anything OpenCV reads) or folders of them"
+        "images", nargs="+", type=Path, metavar="IMAGE", help="JPEG, PNG, WebP or BMP files, or folders of them"
     )
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="a .pt checkpoint")
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_EXPORT, help="a .onnx export or a .pt checkpoint (as the service takes)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the drawn copies go")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="hide detections below")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=DEFAULT_SCORE_THRESHOLD,
+        help="hide detections below (the service's default)",
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image, width x height (the service's limit)"
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="inference threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -149,16 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.score_threshold <= 1:
         parser.error(f"--score-threshold must be within 0..1, got {args.score_threshold}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be positive, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1 or args.max_pixels < 1:
+        parser.error("--threads and --max-pixels must be positive")
     try:
-        detector = load_checkpoint(args.checkpoint, device=args.device)
+        engine = load_engine(args.model, threads=args.threads)
         args.out.mkdir(parents=True, exist_ok=True)
-    except (CheckpointError, OSError) as exc:
+    except (EngineError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     paths = expand(args.images)
@@ -168,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     report, taken, failed = [], set(), 0
     for path in tqdm(paths, desc="predicting", unit="img", disable=args.no_progress or len(paths) < 2):
         try:
-            report.append(predict_one(detector, path, args.out, taken, args.score_threshold))
+            report.append(predict_one(engine, path, args.out, taken, args))
         except (ImageError, OSError) as exc:  # one bad file does not stop the others
             tqdm.write(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
             failed += 1
+    engine.close()
     print(json.dumps(report, indent=2))
     return 2 if failed else 0
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import ImageError, check_pixels, decode, read_header
+from runtime.images import ImageError, check_pixels, decode, read_header
 
 
 def encode(array: np.ndarray, ext: str, *params: int) -> bytes:
