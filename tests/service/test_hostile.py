@@ -209,3 +209,19 @@ def test_uvicorn_limits_come_from_settings(start_server):
             for sock in holders:
                 sock.close()
         wait_until(lambda: httpx.get(f"{live.url}/healthz", timeout=5).status_code == 200)
+
+
+def _niceness(stat: Path) -> int:
+    text = stat.read_text()
+    return int(text[text.rindex(")") + 2 :].split()[16])  # field 19 of /proc/.../stat
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread niceness is read from Linux's /proc")
+def test_worker_nice_lowers_the_decode_and_inference_threads_only(launch_server, tmp_path_factory, jpeg):
+    with launch_server(tmp_path_factory.mktemp("nice"), "--worker-nice", "7") as live:
+        response = httpx.post(f"{live.url}/detect", content=jpeg, headers={"content-type": "image/jpeg"}, timeout=60)
+        assert response.status_code == 200
+        tasks = Path(f"/proc/{live.process.pid}/task")
+        loop = _niceness(tasks / str(live.process.pid) / "stat")  # the main thread runs the event loop
+        niceness = [_niceness(stat) for stat in tasks.glob("*/stat")]
+    assert niceness.count(min(19, loop + 7)) >= 2, (loop, niceness)  # the inference thread and a decode thread
