@@ -10,11 +10,16 @@ orientation: a batch is padded to its largest height and width, so mixing portra
 pads each to a square and wastes about 40% of the pass). Others wait for the next pass, whose first image is
 then the oldest: no image is passed over more than once.
 
+Within a batch, requests take turns: each waiting request's first image, then each one's second, and so on, so
+a request of sixteen images does not hold back the one-image requests that arrive behind it. Every batch still
+takes the oldest waiting image, so a large request advances with every pass and is never starved.
+
 ``predict`` is any callable from a list of (3, H, W) tensors to one result per tensor (``Detector.predict``, or a
 stand-in in tests). A batch that raises fails only the images in it.
 """
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -49,6 +54,7 @@ class _Job:
     future: asyncio.Future
     enqueued: float  # time.monotonic()
     key: Hashable = None
+    request: int = 0  # which submit() it came from: requests take turns within a batch
     started: float = 0.0
     inference_s: float = 0.0
     batch_id: int = -1
@@ -98,6 +104,7 @@ class Batcher:
         self._owns_executor = False
         self._closing = False
         self.batches_run = 0
+        self._requests = itertools.count()
 
     @property
     def depth(self) -> int:
@@ -135,7 +142,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         keys = [self.group_key(image) if self.group_key else None for image in images]
-        jobs = [_Job(image, loop.create_future(), now, key) for image, key in zip(images, keys, strict=True)]
+        request = next(self._requests)
+        jobs = [
+            _Job(image, loop.create_future(), now, key, request) for image, key in zip(images, keys, strict=True)
+        ]
         self._waiting.extend(jobs)
         self._arrived.set()
         try:
@@ -201,15 +211,22 @@ class Batcher:
         return sum(1 for job in self._waiting if job.key == key)
 
     def _take_batch(self) -> list[_Job]:
-        """The oldest image and, in order, up to ``max_batch_size`` - 1 more of its group."""
+        """Up to ``max_batch_size`` images of the oldest image's group, requests taking turns (each one's first
+        waiting image, then each one's second...), in arrival order; the oldest image is always among them."""
         if not self._waiting:
             return []
         key = self._waiting[0].key
-        batch: list[_Job] = []
-        rest: deque[_Job] = deque()
+        by_request: dict[int, list[_Job]] = {}
         for job in self._waiting:
-            (batch if len(batch) < self.max_batch_size and job.key == key else rest).append(job)
-        self._waiting = rest
+            if job.key == key:
+                by_request.setdefault(job.request, []).append(job)
+        chosen: set[int] = set()
+        for turn in range(self.max_batch_size):
+            for jobs in by_request.values():
+                if turn < len(jobs) and len(chosen) < self.max_batch_size:
+                    chosen.add(id(jobs[turn]))
+        batch = [job for job in self._waiting if id(job) in chosen]
+        self._waiting = deque(job for job in self._waiting if id(job) not in chosen)
         return batch
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:

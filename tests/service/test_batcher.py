@@ -104,6 +104,30 @@ async def test_images_that_waited_for_a_busy_model_go_at_once():
     assert model.sizes == [2, 1] and 1.2 <= outcome.queue_s < 1.7, outcome
 
 
+async def test_requests_take_turns_so_a_large_one_does_not_hold_back_a_small_one():
+    seen: list[list[float]] = []
+    model = Gate()
+
+    def record(batch):
+        seen.append(echo(batch))
+        return model(batch)
+
+    batcher = await started(record, max_wait_ms=0, max_batch_size=4, queue_size=16)
+    blocker = asyncio.ensure_future(batcher.submit(images(1, 100), timeout=30))
+    await asyncio.to_thread(model.entered.wait, 30)  # the model is busy; the two requests below queue up
+    large = asyncio.ensure_future(batcher.submit(images(8), timeout=30))
+    await asyncio.sleep(0)
+    small = asyncio.ensure_future(batcher.submit(images(1, 50), timeout=30))
+    await asyncio.sleep(0)
+    model.open.set()
+    outcomes = await asyncio.gather(blocker, large, small)
+    await batcher.stop()
+    # The one-image request, queued behind eight images, goes in the next pass rather than the third; the large
+    # one still advances in every pass and keeps its order.
+    assert seen == [[100.0], [0.0, 1.0, 2.0, 50.0], [3.0, 4.0, 5.0, 6.0], [7.0]]
+    assert outcomes[1].results == [float(i) for i in range(8)] and outcomes[2].results == [50.0]
+
+
 async def test_queue_full_is_refused_at_once():
     model = Gate()
     batcher = await started(model, queue_size=4, max_batch_size=1, max_wait_ms=0)
