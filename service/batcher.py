@@ -143,9 +143,7 @@ class Batcher:
         now = time.monotonic()
         keys = [self.group_key(image) if self.group_key else None for image in images]
         request = next(self._requests)
-        jobs = [
-            _Job(image, loop.create_future(), now, key, request) for image, key in zip(images, keys, strict=True)
-        ]
+        jobs = [_Job(image, loop.create_future(), now, key, request) for image, key in zip(images, keys, strict=True)]
         self._waiting.extend(jobs)
         self._arrived.set()
         try:
