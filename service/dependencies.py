@@ -18,28 +18,30 @@ from .settings import Settings
 REALM = "shufflenet-detect"
 
 
-def get_settings(request: Request) -> Settings:
+# The getters are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a hand-off per
+# request that, under load, cost the event loop more than anything else it did (py-spy under bench/hostile.py).
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def get_batcher(request: Request) -> Batcher:
+async def get_batcher(request: Request) -> Batcher:
     return request.app.state.batcher
 
 
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
 
-def get_budgets(request: Request) -> Budgets:
+async def get_budgets(request: Request) -> Budgets:
     return request.app.state.budgets
 
 
