@@ -6,13 +6,14 @@ environment only (``SERVICE_API_KEY``), so that it does not show in the process 
 
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 from pydantic import ValidationError
 
 from runtime import EngineError, load_engine
 
-from .app import create_app
+from .app import create_app, lower_thread_priority
 from .logs import log_config
 from .memory import keep_large_blocks_out_of_heaps
 from .protocol import HeadLimits, guarded_http
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     keep_large_blocks_out_of_heaps()
     try:  # a bad model file is reported here in one line, not as a start-up traceback
-        engine = load_engine(settings.checkpoint, settings.engine, threads=settings.threads)
+        # Loaded in a thread at the workers' priority: the runtime's own threads inherit it (--worker-nice).
+        with ThreadPoolExecutor(1, initializer=lower_thread_priority, initargs=(settings.worker_nice,)) as loader:
+            engine = loader.submit(load_engine, settings.checkpoint, settings.engine, threads=settings.threads).result()
     except EngineError as exc:
         print(f"python -m service: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

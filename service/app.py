@@ -99,8 +99,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # PyTorch: every batch shape gets its own oneDNN kernels; the cache is sized by the process's first forward pass.
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(settings.kernel_cache)
     # Decoding and inference run at a lower priority than the event loop, so that health checks and the quick
-    # refusals of an overloaded server are not queued behind them for the CPU. The engine is loaded in the
-    # inference thread: the threads its runtime starts inherit that priority.
+    # refusals of an overloaded server are not queued behind them for the CPU. An engine not given is loaded in
+    # the inference thread (``python -m service`` loads it likewise), so the threads its runtime starts inherit
+    # that priority.
     lower = {"initializer": lower_thread_priority, "initargs": (settings.worker_nice,)}
     inference = ThreadPoolExecutor(1, "inference", **lower)
     app.state.decode_executor = ThreadPoolExecutor(settings.decode_workers, "decode", **lower)
