@@ -47,7 +47,19 @@ def lr_factor(iteration: int, *, warmup_iters: int, iters_per_epoch: int, args: 
     return warmup * 0.5 * (1 + math.cos(math.pi * min(iteration, total) / total))
 
 
-def build_optimizer(params: list[nn.Parameter], lr: float, args: argparse.Namespace) -> torch.optim.Optimizer:
+def parameter_groups(model: nn.Module, lr: float, backbone_lr_factor: float = 1.0) -> list[dict]:
+    """The trainable parameters as optimizer groups: the backbone's body at ``lr * backbone_lr_factor`` (a
+    pretrained body learns slower than the new neck and heads), everything else at ``lr``."""
+    body, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (body if name.startswith("backbone.body.") else rest).append(parameter)
+    groups = [{"params": rest, "lr": lr}, {"params": body, "lr": lr * backbone_lr_factor}]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(params: list[dict], lr: float, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """``params``: parameter groups (``parameter_groups``), each with its own peak rate."""
     if args.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -62,6 +74,8 @@ def seed_rank(seed: int) -> None:
 def schedule_record(args: argparse.Namespace, *, iters_per_epoch: int, warmup_iters: int) -> dict:
     """What places each step on the schedule, as a resumed run must give it again."""
     record = {name: getattr(args, name) for name in SCHEDULE_ARGS[args.schedule]}
+    if args.backbone_lr_factor != 1.0:  # recorded only when set, so older checkpoints still resume
+        record["backbone_lr_factor"] = args.backbone_lr_factor
     peak = scaled_lr(args.lr, args.batch_size, dist.world())
     steps = {"iters_per_epoch": iters_per_epoch, "warmup_iters": warmup_iters}
     return record | steps | {"world_size": dist.world(), "peak_lr": peak}
@@ -100,10 +114,10 @@ def check_resume(training: dict, schedule: dict, path) -> list[str]:
     warnings for what an older checkpoint cannot tell (it recorded no schedule, process count or per-rank RNG)."""
     saved = training.get("schedule")
     if saved is not None:
-        differ = [k for k in schedule if saved.get(k) != schedule[k]]
+        differ = [k for k in {**saved, **schedule} if saved.get(k) != schedule.get(k)]
         if differ:
             was = ", ".join(f"{k} {saved.get(k)}" for k in differ)
-            now = ", ".join(f"{k} {schedule[k]}" for k in differ)
+            now = ", ".join(f"{k} {schedule.get(k)}" for k in differ)
             raise CheckpointError(
                 f"{path}: was trained with {was}; this run has {now}, which moves the step schedule "
                 "(resume with the same arguments and process count, or start a new --output-dir)"

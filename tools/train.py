@@ -37,6 +37,7 @@ from detector.training import (
     check_resume,
     fit_epochs,
     lr_factor,
+    parameter_groups,
     restore,
     scaled_lr,
     schedule_record,
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"peak learning rate for {REFERENCE_BATCH} images per step, scaled by --batch-size x processes / "
         f"{REFERENCE_BATCH} (torchvision's 0.02 is for {REFERENCE_BATCH} images)",
     )
+    opt.add_argument(
+        "--backbone-lr-factor",
+        type=float,
+        default=1.0,
+        help="the backbone's trainable layers learn at --lr times this (see --set trainable_backbone_layers=N)",
+    )
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
     opt.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty (SGD) or decoupled decay (AdamW)")
     opt.add_argument(
@@ -138,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "lr"):
+    for name in ("epochs", "batch_size", "lr", "backbone_lr_factor"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.hflip <= 1:
@@ -246,14 +253,13 @@ def train(args: argparse.Namespace) -> int:
     if resume_state is not None:
         detector.model.load_state_dict(resume_state["state_dict"])
     elif args.init is not None:
-        detector.model.load_state_dict(_read_init(args.init, config, detector.categories)["state_dict"])
+        _load_init(detector, args.init)
     if args.sync_bn and dist.world() > 1:
         detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
     detector.to(device).train()
     model = dist.wrap(detector, device)
-    params = [p for p in detector.parameters() if p.requires_grad]
     peak_lr = scaled_lr(args.lr, args.batch_size, dist.world())
-    optimizer = build_optimizer(params, peak_lr, args)
+    optimizer = build_optimizer(parameter_groups(detector.model, peak_lr, args.backbone_lr_factor), peak_lr, args)
     iters_per_epoch = len(loader) if not args.max_iters else min(len(loader), args.max_iters)
     warmup_iters = min(args.warmup_iters, iters_per_epoch * args.epochs // 2)
     if resume_state is not None and args.time_budget:  # the length was fitted once, when the run began
@@ -358,13 +364,17 @@ def _build_detector(config, args, train_set, val_set) -> Detector:
         raise ConfigError(f"{config.name}: {exc}") from exc
 
 
-def _read_init(path: Path, config: DetectorConfig, categories) -> dict:
+def _load_init(detector: Detector, path: Path) -> None:
+    """The weights of ``path`` into ``detector``: same network and categories; training-only fields (scales,
+    trainable layers) may differ, which is what fine-tuning changes."""
     payload = read_checkpoint(path)
-    if DetectorConfig.from_dict(payload["config"]) != config:
-        raise CheckpointError(f"{path}: --init needs a checkpoint of the configuration --config/--set give")
-    if payload["categories"] != categories.to_coco():
+    if payload["categories"] != detector.categories.to_coco():
         raise CheckpointError(f"{path}: --init needs a checkpoint of the training set's categories")
-    return payload
+    try:
+        detector.model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: --init needs a checkpoint of the same network ({first})") from None
 
 
 def _read_resume(path: Path, config: DetectorConfig) -> dict:

@@ -231,9 +231,12 @@ def test_init_starts_a_fresh_schedule_from_a_checkpoints_weights(tiny_set, tmp_p
     training = read_checkpoint(second / "last.pt")["training"]
     assert training["epoch"] == 1  # a new schedule, not the first run's continued
     capsys.readouterr()
-    other = [*SMALL[:-1], "train_min_sizes=[96, 112]"]
-    assert main([*_args(tiny_set, tmp_path / "third", "--init", str(first / "final.pt")), *other]) == 2
-    assert "--init needs a checkpoint of the configuration" in capsys.readouterr().err
+    # Training-only fields may change (that is fine-tuning); the network may not.
+    scales = [*SMALL[:-1], "train_min_sizes=[96, 112]", "--epochs", "1", "--eval-every", "0"]
+    assert main([*_args(tiny_set, tmp_path / "third", "--init", str(first / "final.pt")), *scales]) == 0
+    wider = ["--set", "box_head_width=64", "--epochs", "1"]
+    assert main([*_args(tiny_set, tmp_path / "fourth", "--init", str(first / "final.pt")), *wider]) == 2
+    assert "--init needs a checkpoint of the same network" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(_args(tiny_set, first, "--resume", "--init", str(first / "final.pt")))
     assert exit_info.value.code == 2
@@ -302,3 +305,17 @@ def test_ranks_flip_differently_but_shuffle_alike(tiny_set):
     (order0, flipped0), (order1, flipped1) = flips(0), flips(1)
     assert order0 == order1, "every rank must shuffle alike to take its share of one permutation"
     assert flipped0 != flipped1, "workers on different ranks must not draw the same flips"
+
+
+def test_the_backbone_can_learn_slower_than_the_head(tiny_set, tmp_path, capsys):
+    out = tmp_path / "run"
+    slow_body = ["--epochs", "1", "--eval-every", "0", "--warmup-iters", "1", "--set", "trainable_backbone_layers=1"]
+    assert main(_args(tiny_set, out, *slow_body, "--lr", "0.02", "--backbone-lr-factor", "0.1")) == 0
+    training = read_checkpoint(out / "last.pt")["training"]
+    head, body = (group["initial_lr"] for group in training["optimizer"]["param_groups"])
+    assert head == pytest.approx(0.005) and body == pytest.approx(0.0005)
+    assert training["schedule"]["backbone_lr_factor"] == 0.1
+    capsys.readouterr()
+    # Another factor would put the resumed steps at other rates: refused.
+    assert main(_args(tiny_set, out, *slow_body[:1], "2", *slow_body[2:], "--lr", "0.02", "--resume")) == 2
+    assert "backbone_lr_factor 0.1" in capsys.readouterr().err
