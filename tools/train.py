@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         type=Path,
         metavar="CHECKPOINT",
-        help="start from a detector checkpoint's weights (same configuration and categories) with a fresh "
-        "optimizer and schedule: fine-tuning, or another cycle of a finished run (unlike --resume)",
+        help="start from a detector checkpoint's weights (same network and categories; scales and trainable layers "
+        "may differ) with a fresh optimizer and schedule: fine-tuning, or another cycle (unlike --resume)",
     )
     model.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
     opt = p.add_argument_group("optimization")
