@@ -8,6 +8,8 @@ resizes: OpenCV's 8-bit bilinear rounds differently on x86 and ARM, enough to mo
 
 import numpy as np
 
+_ROWS_AT_ONCE = 64  # source rows gathered per step of the horizontal pass
+
 
 def input_scale(width: int, height: int, min_size: int, max_size: int) -> float:
     """The detector's resize factor for a ``width`` x ``height`` image; under 1 means it is shrunk."""
@@ -31,7 +33,9 @@ def shrink_to_input(array: np.ndarray, width: int, height: int, scale: float, di
 def to_model_input(bgr: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
     """A BGR uint8 (H, W, 3) image (OpenCV's ``imread``) as the engines' input, shrunk as the service shrinks."""
     height, width = bgr.shape[:2]
-    return shrink_to_input(bgr[:, :, ::-1], width, height, input_scale(width, height, min_size, max_size), 255)
+    # A contiguous RGB copy (8-bit, cheap): gathering from a reversed-channel view took twice as long.
+    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    return shrink_to_input(rgb, width, height, input_scale(width, height, min_size, max_size), 255)
 
 
 def shrink_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -39,18 +43,36 @@ def shrink_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ``cv2.resize(INTER_LINEAR)`` of a float32 copy gives (x86 builds may take Intel IPP's instead, 1e-5 apart),
     without that full-size float copy.
 
-    Bilinear reads only the two source rows and columns around each output pixel, so those are gathered from the
-    integer bitmap and only they become float. In float32, as torchvision's transform resizes in training: OpenCV's
-    8-bit bilinear rounds differently on x86 and ARM (enough to move a score by 0.008), while NumPy's separate
-    float32 multiplies and adds give the same bits on both.
+    Bilinear reads only the two source rows and columns around each output pixel, so only the source rows it
+    reads are gathered, each blended horizontally once (output rows share source rows), and only the columns
+    it reads become float. In float32, as torchvision's transform resizes in training: OpenCV's 8-bit bilinear
+    rounds differently on x86 and ARM (enough to move a score by 0.008), while NumPy's separate float32
+    multiplies and adds give the same bits on both.
     """
     (x0, x1, wx), (y0, y1, wy) = _taps(array.shape[1], size[0]), _taps(array.shape[0], size[1])
-    wx, wy = wx[None, :, None], wy[:, None, None]
-    rows = [
-        array[np.ix_(y, x0)].astype(np.float32) * (1 - wx) + array[np.ix_(y, x1)].astype(np.float32) * wx
-        for y in (y0, y1)
-    ]
-    return rows[0] * (1 - wy) + rows[1] * wy
+    channels = array.shape[2]
+    rows, row_of = np.unique(np.concatenate([y0, y1]), return_inverse=True)
+    # Horizontal pass over flat (W * C) rows, a few source rows at a time (a full-width copy of every row read
+    # would be tens of MB for a 24 MP upload): one gather per tap, channels side by side.
+    columns = [(x[:, None] * channels + np.arange(channels)).ravel() for x in (x0, x1)]
+    wx = np.repeat(wx, channels)
+    blended = np.empty((len(rows), len(columns[0])), np.float32)
+    for start in range(0, len(rows), _ROWS_AT_ONCE):
+        chunk = np.take(array, rows[start : start + _ROWS_AT_ONCE], axis=0)
+        chunk = chunk.reshape(len(chunk), -1)
+        left = np.take(chunk, columns[0], axis=1).astype(np.float32)
+        left *= 1 - wx
+        right = np.take(chunk, columns[1], axis=1).astype(np.float32)
+        right *= wx
+        np.add(left, right, out=blended[start : start + len(chunk)])
+    # Vertical pass: each output row from its two blended source rows.
+    wy = wy[:, None]
+    top = np.take(blended, row_of[: len(y0)], axis=0)
+    top *= 1 - wy
+    bottom = np.take(blended, row_of[len(y0) :], axis=0)
+    bottom *= wy
+    top += bottom
+    return top.reshape(len(y0), len(x0), channels)
 
 
 def _taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -45,7 +45,9 @@ def test_a_large_png_is_shrunk_without_a_full_size_float_copy(dtype):
 
 
 @pytest.mark.parametrize(
-    ("shape", "size"), [((480, 640), (427, 320)), ((4000, 5999), (480, 320)), ((37, 53), (36, 30))]
+    ("shape", "size"),
+    [((480, 640), (427, 320)), ((4000, 5999), (480, 320)), ((37, 53), (36, 30)), ((1, 4000), (544, 1))]
+    + [((500, 333), (213, 320)), ((400, 300), (320, 240))],
 )
 def test_shrinking_equals_opencvs_float_resize_bit_for_bit(shape, size):
     """OpenCV's portable float bilinear (what ARM runs; x86 builds may take Intel IPP's, 1e-5 apart)."""
