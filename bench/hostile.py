@@ -294,11 +294,20 @@ def watch(url: str, pid: int | None, duration: float, api_key: str | None, resul
     results.put((health, normal, rss))
 
 
-def measure(url: str, pid: int | None, duration: float, api_key: str | None, only: list[str] | None = None) -> dict:
+def measure(
+    url: str,
+    pid: int | None,
+    duration: float,
+    api_key: str | None,
+    only: list[str] | None = None,
+    attacker_nice: int = 0,
+) -> dict:
     context = multiprocessing.get_context("fork")  # before any thread starts
     results = context.Queue()
     watcher = context.Process(target=watch, args=(url, pid, duration, api_key, results))
     watcher.start()
+    # After the fork, so the normal client and the probe keep the server's priority; threads inherit it.
+    os.nice(attacker_nice)
     run = Run(url, duration, api_key)
     threads = []
     for name, function, args, count in attack_plan(run):
@@ -315,6 +324,7 @@ def measure(url: str, pid: int | None, duration: float, api_key: str | None, onl
     five = sum(n for status, n in run.statuses.items() if status.isdigit() and int(status) >= 500)
     return {
         "url": url,
+        "attacker_nice": attacker_nice,
         "duration_s": round(time.monotonic() - started, 1),
         "status_counts": dict(sorted(run.statuses.items())),
         "responses_5xx": five - run.retry_after_503,
@@ -366,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=os.environ.get("SERVICE_API_KEY"), help="the server's key, if any")
     parser.add_argument("--duration", type=float, default=60, help="seconds of attacks (default 60)")
     parser.add_argument("--attacks", nargs="+", metavar="NAME", help="run only these attacks (default: all)")
+    parser.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0..19",
+        help="CPU niceness of the attack threads (default 0, the server's own): 19 stands for attackers on other "
+        "machines, whose CPU a real box does not share; the normal client and the probe always run at 0",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     process = None
@@ -374,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         process, url = start_server(args.checkpoint, args.server_arg, args.api_key)
         pid = process.pid
     try:
-        report = measure(url, pid, args.duration, args.api_key, args.attacks)
+        report = measure(url, pid, args.duration, args.api_key, args.attacks, args.attacker_nice)
         alive = process is None or process.poll() is None
         try:
             report["healthz_after"] = httpx.get(f"{url}/healthz", timeout=10).status_code

@@ -25,6 +25,9 @@ from torchvision.transforms import v2
 from .categories import CategoryMap
 
 MIN_BOX_SIDE = 1.0  # boxes no wider or taller than this (in pixels, after clamping) are dropped
+# The label of a region to ignore in training (an annotation with "ignore": true, such as a teacher's unsure
+# detection): torchvision's RoI sampler takes a proposal matched to it as neither an object nor background.
+IGNORE_LABEL = -1
 
 
 class DatasetError(ValueError):
@@ -141,13 +144,20 @@ class CocoDetectionDataset(CocoDetection):
     def _load_target(self, id: int) -> dict:
         info = self.coco.imgs[id]
         height, width = int(info["height"]), int(info["width"])
-        anns = [a for a in self.coco.imgToAnns.get(id, []) if not a.get("iscrowd", 0)]
+        anns = [
+            a
+            for a in self.coco.imgToAnns.get(id, [])
+            if not a.get("iscrowd", 0) and (self.train or not a.get("ignore", False))
+        ]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         keep = ((boxes[:, 2] - boxes[:, 0]) > MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) > MIN_BOX_SIDE)
-        labels = torch.tensor([self.categories.label(a["category_id"]) for a in anns], dtype=torch.int64)
+        labels = torch.tensor(
+            [IGNORE_LABEL if a.get("ignore", False) else self.categories.label(a["category_id"]) for a in anns],
+            dtype=torch.int64,
+        )
         return {
             "boxes": tv_tensors.BoundingBoxes(boxes[keep], format="XYXY", canvas_size=(height, width)),
             "labels": labels[keep],

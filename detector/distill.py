@@ -64,11 +64,17 @@ def teacher_detections(
 
 
 def distilled_annotations(
-    annotation_file: Path, detections: dict[int, list[dict]], categories: CategoryMap, min_score: float
+    annotation_file: Path,
+    detections: dict[int, list[dict]],
+    categories: CategoryMap,
+    min_score: float,
+    ignore_score: float | None = None,
 ) -> dict:
     """A COCO dict over ``categories``: the file's own boxes for the classes it labels, the teacher's for the rest.
 
     The file's categories are matched to ``categories`` by name; a name the teacher does not know is an error.
+    With ``ignore_score``, the teacher's detections from it up to ``min_score`` are written with ``"ignore":
+    true``: training neither learns them as objects nor as background (``detector.data.IGNORE_LABEL``).
     """
     coco = load_coco(annotation_file)
     by_name = {c.name: c.id for c in categories.categories}
@@ -84,18 +90,23 @@ def distilled_annotations(
     annotations = []
     for ann in coco.dataset["annotations"]:
         annotations.append({**ann, "category_id": own_ids[ann["category_id"]]})
+    lowest = min_score if ignore_score is None else min(ignore_score, min_score)
     for image_id, found in detections.items():
         for det in found:
-            if det["score"] >= min_score and det["category_id"] not in labelled:
+            if det["score"] >= lowest and det["category_id"] not in labelled:
                 w, h = det["bbox"][2], det["bbox"][3]
                 annotations.append(
                     {"image_id": image_id, "category_id": det["category_id"], "bbox": det["bbox"], "area": w * h}
                     | {"iscrowd": 0, "score": det["score"]}
+                    | ({"ignore": True} if det["score"] < min_score else {})
                 )
     for index, ann in enumerate(annotations, start=1):
         ann["id"] = index
     return {
-        "info": {"description": f"{annotation_file.name} with teacher labels (score >= {min_score})"},
+        "info": {
+            "description": f"{annotation_file.name} with teacher labels (score >= {min_score})"
+            + (f", ignored from {ignore_score}" if ignore_score is not None and ignore_score < min_score else "")
+        },
         "images": coco.dataset["images"],
         "categories": categories.to_coco(),
         "annotations": annotations,
@@ -109,6 +120,7 @@ def write_distilled_set(
     output_dir: Path,
     *,
     min_score: float,
+    ignore_score: float | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> Path:
@@ -117,7 +129,7 @@ def write_distilled_set(
     detections = teacher_detections(
         teacher, images_dir, annotation_file, output_dir / "teacher_detections.json", progress=progress
     )
-    merged = distilled_annotations(annotation_file, detections, teacher.categories, min_score)
+    merged = distilled_annotations(annotation_file, detections, teacher.categories, min_score, ignore_score)
     path = output_dir / "distilled_annotations.json"
     payload = json.dumps(merged)
     atomic_write(path, lambda f: f.write(payload.encode()))

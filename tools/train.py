@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a teacher's OpenVINO IR (NanoDet-m's .xml): its detections label every class the training set lacks",
     )
     data.add_argument("--teacher-score", type=float, default=0.35, help="lowest teacher score kept as a label")
+    data.add_argument(
+        "--teacher-ignore-score",
+        type=float,
+        help="teacher detections from this score up to --teacher-score are regions to ignore: neither objects nor "
+        "background in the RoI head (default: none, they are background)",
+    )
     model = p.add_argument_group("model")
     model.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS), help="named configuration")
     model.add_argument(
@@ -160,6 +166,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--teacher labels a dataset given with --train-images and --train-annotations")
     if not 0 < args.teacher_score <= 1:
         p.error(f"--teacher-score is a score in (0, 1], got {args.teacher_score}")
+    if args.teacher_ignore_score is not None and not 0 < args.teacher_ignore_score < args.teacher_score:
+        p.error(f"--teacher-ignore-score is a score in (0, --teacher-score), got {args.teacher_ignore_score}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be positive, got {args.threads}")
     if args.time_budget is not None and (args.time_budget <= 0 or args.schedule != "cosine"):
@@ -200,6 +208,7 @@ def build_datasets(args: argparse.Namespace) -> tuple[CocoDetectionDataset, Coco
                 train_ann,
                 args.output_dir,
                 min_score=args.teacher_score,
+                ignore_score=args.teacher_ignore_score,
                 progress=not args.no_progress,
             )
         dist.barrier()
@@ -343,6 +352,8 @@ def _provenance(args: argparse.Namespace, train_set: CocoDetectionDataset, val_s
         provenance["init"] = args.init.name
     if args.teacher:
         provenance["teacher"] = {"weights": args.teacher.name, "min_score": args.teacher_score}
+        if args.teacher_ignore_score is not None:
+            provenance["teacher"]["ignore_score"] = args.teacher_ignore_score
         if args.teacher.suffix == ".xml":
             provenance["attribution"] = NANODET_ATTRIBUTION
     elif args.pretrained_backbone and args.pretrained_backbone.suffix == ".xml":

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from detector import CONFIGS, DEFAULT_CONFIG, Detector, DetectorConfig, complexity, get_config
 from detector.categories import Category, CategoryMap
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.complexity import detector_complexity
 from detector.config import ConfigError
+from detector.data import IGNORE_LABEL
 
 REPO = Path(__file__).resolve().parents[2]
 CATEGORIES = CategoryMap([Category(3, "car"), Category(18, "dog")])
@@ -123,3 +125,21 @@ def test_configs_hash_by_value_and_old_files_still_load():
     assert {hash(config) for config in CONFIGS.values()}
     # Checkpoints and exports written before configs were hashable carry an empty "extra" dict.
     assert DetectorConfig.from_dict({**CONFIGS["edge"].to_dict(), "extra": {}}) == CONFIGS["edge"]
+
+
+def test_proposals_on_a_region_to_ignore_are_neither_objects_nor_background():
+    torch.manual_seed(0)
+    heads = Detector(get_config("edge"), CategoryMap([Category(1, "person"), Category(3, "car")])).model.roi_heads
+    ignored, car, empty = [40.0, 40.0, 120.0, 120.0], [200.0, 40.0, 280.0, 120.0], [200.0, 200.0, 280.0, 280.0]
+    near = [
+        [x + dx, y + dy, x2 + dx, y2 + dy]
+        for x, y, x2, y2 in (ignored, car, empty)
+        for dx in (-4, 0, 4)
+        for dy in (-4, 4)
+    ]
+    targets = [{"boxes": torch.tensor([ignored, car]), "labels": torch.tensor([IGNORE_LABEL, 2])}]
+    proposals, _, labels, _ = heads.select_training_samples([torch.tensor(near)], targets)
+    overlap = box_iou(proposals[0], torch.tensor([ignored]))[:, 0]
+    assert (labels[0] >= 0).all()
+    assert not (overlap >= 0.5).any(), "a proposal on the ignored region was sampled"
+    assert {0, 2} <= set(labels[0].tolist())  # the car's proposals and the empty ones still are

@@ -10,7 +10,7 @@ import pytest
 from backbone import WeightsError
 from detector.categories import CategoryMap
 from detector.coco_classes import coco_category_map
-from detector.data import DatasetError, load_coco
+from detector.data import IGNORE_LABEL, CocoDetectionDataset, DatasetError, load_coco
 from detector.distill import distilled_annotations, teacher_detections
 from detector.nanodet import NanoDetM, class_wise_nms, letterbox_matrix
 from eval.scoring import score_results
@@ -70,6 +70,30 @@ def test_real_boxes_kept_and_teacher_fills_other_classes(coco_persons, tmp_path)
     others = [(a["category_id"], a["bbox"]) for a in merged["annotations"] if a["category_id"] != 1]
     assert others == [(3, [5, 5, 30, 30])]
     assert len({a["id"] for a in merged["annotations"]}) == len(merged["annotations"])
+
+
+def test_unsure_teacher_detections_become_regions_to_ignore(coco_persons, tmp_path):
+    data = json.loads((coco_persons / "instances.json").read_text())
+    image = data["images"][0]
+    subset = tmp_path / "subset.json"
+    subset.write_text(json.dumps({**data, "images": [image], "annotations": []}))  # persons only, none boxed
+    detections = {
+        image["id"]: [
+            {"category_id": 3, "bbox": [5, 5, 30, 30], "score": 0.5},  # sure: a label
+            {"category_id": 18, "bbox": [50, 50, 30, 30], "score": 0.2},  # unsure: ignored in training
+            {"category_id": 18, "bbox": [90, 90, 30, 30], "score": 0.08},  # below both: background
+        ]
+    }
+    merged = distilled_annotations(subset, detections, coco_category_map(), min_score=0.3, ignore_score=0.1)
+    kept = [(a["category_id"], a.get("ignore", False)) for a in merged["annotations"]]
+    assert kept == [(3, False), (18, True)]
+    path = tmp_path / "merged.json"
+    path.write_text(json.dumps(merged))
+    training = CocoDetectionDataset(coco_persons / "images", path, train=True, hflip=0)
+    _, target = training[0]
+    assert target["labels"].tolist() == [coco_category_map().label(3), IGNORE_LABEL]
+    _, target = CocoDetectionDataset(coco_persons / "images", path, train=False)[0]  # evaluation: no box at all
+    assert target["labels"].tolist() == [coco_category_map().label(3)]
 
 
 def test_dataset_class_unknown_to_the_teacher_is_an_error(tmp_path):

@@ -117,6 +117,7 @@ def test_adamw_without_flips_trains_and_saves_its_state(tiny_set, tmp_path):
         (["--optimizer", "adam"], "invalid choice: 'adam'"),
         (["--time-budget", "5"], "--time-budget takes positive minutes and fits a cosine schedule"),
         (["--time-budget", "0", "--schedule", "cosine"], "--time-budget takes positive minutes"),
+        (["--teacher-ignore-score", "0.4"], "--teacher-ignore-score is a score in (0, --teacher-score)"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(extra, message, capsys):
