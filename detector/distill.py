@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 import cv2
+import torch
+from torchvision.ops import box_convert, box_iou
 from tqdm import tqdm
 
 from backbone.weights import atomic_write
@@ -90,16 +92,26 @@ def distilled_annotations(
     annotations = []
     for ann in coco.dataset["annotations"]:
         annotations.append({**ann, "category_id": own_ids[ann["category_id"]]})
-    lowest = min_score if ignore_score is None else min(ignore_score, min_score)
+    boxes_of: dict[int, list[list[float]]] = {}  # per image, the boxes that are labels (real or the teacher's)
+    for ann in annotations:
+        if not ann.get("iscrowd", 0):
+            boxes_of.setdefault(ann["image_id"], []).append(ann["bbox"])
+    unsure = []
     for image_id, found in detections.items():
         for det in found:
-            if det["score"] >= lowest and det["category_id"] not in labelled:
-                w, h = det["bbox"][2], det["bbox"][3]
-                annotations.append(
-                    {"image_id": image_id, "category_id": det["category_id"], "bbox": det["bbox"], "area": w * h}
-                    | {"iscrowd": 0, "score": det["score"]}
-                    | ({"ignore": True} if det["score"] < min_score else {})
-                )
+            if det["category_id"] in labelled:
+                continue
+            w, h = det["bbox"][2], det["bbox"][3]
+            ann = {"image_id": image_id, "category_id": det["category_id"], "bbox": det["bbox"], "area": w * h}
+            ann |= {"iscrowd": 0, "score": det["score"]}
+            if det["score"] >= min_score:
+                annotations.append(ann)
+                boxes_of.setdefault(image_id, []).append(det["bbox"])
+            elif ignore_score is not None and det["score"] >= ignore_score:
+                unsure.append(ann | {"ignore": True})
+    # An unsure detection on a labelled object (the teacher's second guess at a person, say) would take that
+    # object's proposals away from it: only the others become regions to ignore.
+    annotations += [ann for ann in unsure if _most_overlap(ann["bbox"], boxes_of.get(ann["image_id"], [])) < 0.5]
     for index, ann in enumerate(annotations, start=1):
         ann["id"] = index
     return {
@@ -111,6 +123,14 @@ def distilled_annotations(
         "categories": categories.to_coco(),
         "annotations": annotations,
     }
+
+
+def _most_overlap(box: list[float], others: list[list[float]]) -> float:
+    """The largest IoU of an [x, y, w, h] box with any of ``others`` (0 when there are none)."""
+    if not others:
+        return 0.0
+    xyxy = box_convert(torch.tensor([box, *others], dtype=torch.float32), "xywh", "xyxy")
+    return float(box_iou(xyxy[:1], xyxy[1:]).max())
 
 
 def write_distilled_set(

@@ -82,11 +82,12 @@ def test_unsure_teacher_detections_become_regions_to_ignore(coco_persons, tmp_pa
             {"category_id": 3, "bbox": [5, 5, 30, 30], "score": 0.5},  # sure: a label
             {"category_id": 18, "bbox": [50, 50, 30, 30], "score": 0.2},  # unsure: ignored in training
             {"category_id": 18, "bbox": [90, 90, 30, 30], "score": 0.08},  # below both: background
+            {"category_id": 8, "bbox": [6, 6, 30, 30], "score": 0.2},  # unsure, on the car: the car's
         ]
     }
     merged = distilled_annotations(subset, detections, coco_category_map(), min_score=0.3, ignore_score=0.1)
-    kept = [(a["category_id"], a.get("ignore", False)) for a in merged["annotations"]]
-    assert kept == [(3, False), (18, True)]
+    kept = [(a["category_id"], a["bbox"], a.get("ignore", False)) for a in merged["annotations"]]
+    assert kept == [(3, [5, 5, 30, 30], False), (18, [50, 50, 30, 30], True)]
     path = tmp_path / "merged.json"
     path.write_text(json.dumps(merged))
     training = CocoDetectionDataset(coco_persons / "images", path, train=True, hflip=0)
