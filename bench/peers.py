@@ -77,10 +77,11 @@ def build_models(default: str, variants: list[dict]) -> dict[str, torch.nn.Modul
     }
 
 
-def eval_short_side(model: torch.nn.Module) -> int:
-    """The short side the model resizes to in eval mode (torchvision's transform uses its last min_size)."""
+def eval_input_size(model: torch.nn.Module) -> tuple[int, int]:
+    """(H, W) the model resizes a 480 x 640 image to in eval mode (its own transform, as timed here)."""
     transform = model.model.transform if isinstance(model, Detector) else model.transform
-    return transform.min_size[-1]
+    with torch.inference_mode():
+        return tuple(transform([torch.zeros(3, 480, 640)])[0].image_sizes[0])
 
 
 def time_once(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time_once(model, images))
         for name, samples in times.items():
             median = statistics.median(samples)
-            row = {"model": name, "batch": batch, "short_side": eval_short_side(models[name]), "engine": "torch"}
+            row = {"model": name, "batch": batch, "input_hw": eval_input_size(models[name]), "engine": "torch"}
             rows.append(row | {"median_s": median, "images_per_s": batch / median})
     ours = f"ours:{args.config}"
     rate = {(r["model"], r["batch"]): r["images_per_s"] for r in rows}
@@ -197,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"threads={args.threads} rounds={args.rounds} layout={report['layout']} (medians)")
     width = max(40, *(len(r["model"]) for r in rows))
-    print(f"{'model':<{width}} {'batch':>5} {'short side':>10} {'ms/batch':>9} {'images/s':>9}")
+    print(f"{'model':<{width}} {'batch':>5} {'input':>10} {'ms/batch':>9} {'images/s':>9}")
     for r in rows:
         print(
-            f"{r['model']:<{width}} {r['batch']:>5} {r.get('short_side', '-'):>10} {r['median_s'] * 1000:>9.1f} "
+            f"{r['model']:<{width}} {r['batch']:>5} {'x'.join(map(str, r.get('input_hw', '-'))):>10} "
+            f"{r['median_s'] * 1000:>9.1f} "
             f"{r['images_per_s']:>9.2f}"
         )
     for peer, by_batch in ratios.items():

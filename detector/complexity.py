@@ -23,8 +23,10 @@ COCO_CLASSES = 80
 
 
 def input_shape(config: DetectorConfig) -> tuple[int, int]:
-    """(H, W) of a COCO-like 4:3 landscape image with the config's test short side."""
-    return config.min_size, min(config.max_size, round(config.min_size * 4 / 3))
+    """(H, W) at the test size of a COCO-like 480 x 640 landscape image (torchvision's rule: short side
+    ``min_size`` unless that puts the long side over ``max_size``)."""
+    scale = min(config.min_size / 480, config.max_size / 640)
+    return round(480 * scale), round(640 * scale)
 
 
 def detector_complexity(config: DetectorConfig, categories: CategoryMap | None = None) -> dict:

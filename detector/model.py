@@ -38,7 +38,8 @@ class BackboneWithFPN(nn.Module):
 
 class TrainTestTransform(GeneralizedRCNNTransform):
     """torchvision's resize-and-normalise with both input sizes inside: one short side sampled per batch from
-    ``train_min_sizes`` in training, ``test_min_size`` in eval, chosen by ``self.training`` alone.
+    ``train_min_sizes`` in training, ``test_min_size`` in eval, and the long side's cap of each
+    (``train_max_size``, ``max_size``), chosen by ``self.training`` alone.
 
     So ``model.eval()`` anywhere (export, evaluation, a benchmark) gives the test size: torchvision's own
     transform holds only the training choices and takes the last of them in eval mode. Its ``resize``
@@ -47,8 +48,24 @@ class TrainTestTransform(GeneralizedRCNNTransform):
     torchvision's, so the same RNG state picks the same training sizes as before.
     """
 
-    def __init__(self, train_min_sizes: tuple[int, ...], test_min_size: int, max_size: int, **kwargs) -> None:
+    def __init__(
+        self,
+        train_min_sizes: tuple[int, ...],
+        test_min_size: int,
+        max_size: int,
+        train_max_size: int | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__((*train_min_sizes, test_min_size), max_size, **kwargs)
+        self.test_max_size, self.train_max_size = max_size, train_max_size or max_size
+
+    @property
+    def max_size(self) -> int:  # what torchvision's resize reads
+        return self.train_max_size if self.training else self.test_max_size
+
+    @max_size.setter
+    def max_size(self, value: int) -> None:  # torchvision's __init__ sets it; the sizes above are the truth
+        pass
 
     def torch_choice(self, k: list[int]) -> int:
         index = int(torch.empty(1).uniform_(0.0, float(len(k) - 1)).item())
@@ -99,6 +116,7 @@ def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights
         config.train_min_sizes,
         config.min_size,
         config.max_size,
+        config.train_max_size,
         image_mean=list(config.image_mean),
         image_std=list(config.image_std),
     )

@@ -103,12 +103,25 @@ def test_the_network_itself_resizes_to_the_test_size_in_eval_mode(tmp_path):
     assert loaded.train().eval().model.transform([image])[0].image_sizes == [(200, 266)]
 
 
+def test_training_and_test_can_cap_the_long_side_differently():
+    # coco_edge trains at short side 320 (long side up to 544) and tests at long side 320.
+    config = get_config("edge", min_size=320, max_size=320, train_min_sizes=(320,), train_max_size=544)
+    net = Detector(config, CATEGORIES).model
+    image = torch.rand(3, 480, 640)
+    assert net.eval().transform([image])[0].image_sizes == [(240, 320)]
+    assert net.train().transform([image])[0].image_sizes == [(320, 426)]
+    assert net.eval().transform([image])[0].image_sizes == [(240, 320)]
+    assert complexity.input_shape(config) == (240, 320)
+    assert [complexity.input_shape(CONFIGS[name]) for name in ("edge", "paper_1x_g3_600")] == [(320, 427), (600, 800)]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ({"min_size": "3OO"}, "edge: min_size must be int, got '3OO'"),
         ({"min_size": 16}, "min_size must be at least 32"),
         ({"train_min_sizes": ()}, "train_min_sizes must not be empty"),
+        ({"train_max_size": 20}, "train_max_size must be None (max_size) or at least 32"),
         ({"box_nms_thresh": 1.5}, "box_nms_thresh must be within 0..1"),
         ({"image_std": (0.2, 0.2)}, "image_std must be tuple[float, float, float]"),
         ({"frozen_batchnorm": 1}, "frozen_batchnorm must be bool"),
