@@ -64,7 +64,8 @@ demo-model: $(STAMP)
 
 # The bundled COCO model from ../shared (NanoDet-m's IR and the COCO val2017 person images): NanoDet-m labels
 # the classes the person set lacks, its backbone initialises ours, two one-thread processes train on 2 cores
-# (14 epochs, about 50 minutes on a quiet 2-core machine), and the export serves it. Resumable: run it again to continue an interrupted run.
+# (14 epochs at short side 320, about 50 minutes on a quiet 2-core machine), and the export serves it (at coco_edge's
+# test input, long side 320). Resumable: run it again to continue an interrupted run.
 # --lr is per 16 images: 2e-3 gives the 2 x 4 images per step the peak rate of 1e-3 it was tuned at.
 SHARED := ../shared
 NANODET := $(SHARED)/weights/nanodet_m/nanodet_m.xml
