@@ -56,16 +56,16 @@ class TrainTestTransform(GeneralizedRCNNTransform):
         train_max_size: int | None = None,
         **kwargs,
     ) -> None:
-        super().__init__((*train_min_sizes, test_min_size), max_size, **kwargs)
-        self.test_max_size, self.train_max_size = max_size, train_max_size or max_size
+        super().__init__((*train_min_sizes, test_min_size), max_size, **kwargs)  # sets test_max_size
+        self.train_max_size = train_max_size or max_size
 
     @property
     def max_size(self) -> int:  # what torchvision's resize reads
         return self.train_max_size if self.training else self.test_max_size
 
     @max_size.setter
-    def max_size(self, value: int) -> None:  # torchvision's __init__ sets it; the sizes above are the truth
-        pass
+    def max_size(self, value: int) -> None:  # torchvision's own attribute: the test-time cap
+        self.test_max_size = value
 
     def torch_choice(self, k: list[int]) -> int:
         index = int(torch.empty(1).uniform_(0.0, float(len(k) - 1)).item())
