@@ -86,7 +86,7 @@ class ModelInfo(BaseModel):
     backbone: str
     classes: list[Category]
     input_size: list[int] = Field(description="[height, width] of a 4:3 landscape image after resizing")
-    min_size: int = Field(description="short side the detector resizes images to, unless the long side would pass max_size")
+    min_size: int = Field(description="short side the detector resizes to, unless the long side passes max_size")
     max_size: int = Field(description="long side limit")
     cost: Cost
     checkpoint: str = Field(description="model file name")
