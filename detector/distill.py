@@ -96,7 +96,7 @@ def distilled_annotations(
     for ann in annotations:
         if not ann.get("iscrowd", 0):
             boxes_of.setdefault(ann["image_id"], []).append(ann["bbox"])
-    unsure = []
+    unsure: dict[int, list[dict]] = {}  # per image, in the detections' order
     for image_id, found in detections.items():
         for det in found:
             if det["category_id"] in labelled:
@@ -108,10 +108,12 @@ def distilled_annotations(
                 annotations.append(ann)
                 boxes_of.setdefault(image_id, []).append(det["bbox"])
             elif ignore_score is not None and det["score"] >= ignore_score:
-                unsure.append(ann | {"ignore": True})
+                unsure.setdefault(image_id, []).append(ann | {"ignore": True})
     # An unsure detection on a labelled object (the teacher's second guess at a person, say) would take that
     # object's proposals away from it: only the others become regions to ignore.
-    annotations += [ann for ann in unsure if _most_overlap(ann["bbox"], boxes_of.get(ann["image_id"], [])) < 0.5]
+    for image_id, candidates in unsure.items():
+        overlaps = _most_overlaps([ann["bbox"] for ann in candidates], boxes_of.get(image_id, []))
+        annotations += [ann for ann, overlap in zip(candidates, overlaps, strict=True) if overlap < 0.5]
     for index, ann in enumerate(annotations, start=1):
         ann["id"] = index
     return {
@@ -125,12 +127,12 @@ def distilled_annotations(
     }
 
 
-def _most_overlap(box: list[float], others: list[list[float]]) -> float:
-    """The largest IoU of an [x, y, w, h] box with any of ``others`` (0 when there are none)."""
+def _most_overlaps(boxes: list[list[float]], others: list[list[float]]) -> list[float]:
+    """For each [x, y, w, h] box, its largest IoU with any of ``others`` (0 when there are none)."""
     if not others:
-        return 0.0
-    xyxy = box_convert(torch.tensor([box, *others], dtype=torch.float32), "xywh", "xyxy")
-    return float(box_iou(xyxy[:1], xyxy[1:]).max())
+        return [0.0] * len(boxes)
+    xyxy = box_convert(torch.tensor([*boxes, *others], dtype=torch.float32), "xywh", "xyxy")
+    return box_iou(xyxy[: len(boxes)], xyxy[len(boxes) :]).max(dim=1).values.tolist()
 
 
 def write_distilled_set(
