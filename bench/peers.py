@@ -10,6 +10,10 @@ medians reported:
   NanoDet-m's IR on the same real COCO images (coco128, decoded beforehand), end to end: each model's own
   preprocessing (ours: shrink to its input size; NanoDet: its letterbox) and postprocessing (NanoDet: its
   decoding and NMS; ours: inside the graph). A batch of 8 runs as parallel single-threaded streams for both.
+  NanoDet-m's IR is compiled for its one 320x320 input; ours, which takes any size, gets a graph of its own for
+  the first four input shapes that recur (runtime.openvino), so the warm-up passes over the images twice. Two
+  image sets: the first 16 photos (11 input shapes; ``ratio_vs_nanodet_m``), and the first 16 of coco128's
+  commonest size, 640x480, as a camera's frames share one shape (``ratio_vs_nanodet_m_one_shape``).
 
     python bench/peers.py [--threads 2] [--rounds 7] [--json] [--variant 'neck_channels=64;box_head_width=128']
 """
@@ -19,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -29,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from detector import CONFIGS, DEFAULT_EXPORT, Category, CategoryMap, Detector, get_config  # noqa: E402
 from detector.nanodet import NanoDetM  # noqa: E402
-from runtime import load_engine  # noqa: E402
+from runtime.openvino import OpenVinoEngine  # noqa: E402
 from runtime.preprocess import to_model_input  # noqa: E402
 
 SHIPPED_CONFIG = "coco_edge"  # the configuration of models/coco.pt
@@ -91,13 +96,23 @@ def time_once(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
-def engine_rows(args: argparse.Namespace) -> list[dict]:
-    """Images/s of the shipped export and NanoDet-m on OpenVINO, end to end, interleaved rounds."""
-    ours = load_engine(args.export, "openvino", threads=args.threads)
+def coco_photos(folder: Path, count: int, one_shape: bool) -> list:
+    """The first ``count`` JPEGs of ``folder`` (sorted by name), or with ``one_shape`` the first ``count`` of its
+    most common size (as a camera's frames all have one)."""
+    images = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in sorted(folder.glob("*.jpg"))]
+    if one_shape:
+        common = Counter(image.shape for image in images).most_common(1)[0][0]
+        images = [image for image in images if image.shape == common]
+    return images[:count]
+
+
+def engine_rows(args: argparse.Namespace, one_shape: bool) -> tuple[list[dict], dict]:
+    """Images/s of the shipped export and NanoDet-m on OpenVINO, end to end, interleaved rounds; and how many of
+    our input shapes had a graph of their own."""
+    ours = OpenVinoEngine(args.export, threads=args.threads, static_shapes=args.openvino_shapes)
     nanodet = NanoDetM(args.nanodet, threads=args.threads)
     config = ours.card.config
-    paths = sorted(args.images.glob("*.jpg"))[: max(args.batch_sizes) * 2]
-    images = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in paths]
+    images = coco_photos(args.images, max(args.batch_sizes) * 2, one_shape)
 
     def run_ours(batch: list) -> None:
         ours.predict([to_model_input(image, config.min_size, config.max_size) for image in batch])
@@ -106,8 +121,9 @@ def engine_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for size in args.batch_sizes:
         batches = [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
-        for run in runners.values():  # warm-up
-            run(batches[0])
+        for run in runners.values():  # warm-up: twice, so that each input shape gets its own OpenVINO graph
+            for batch in batches + batches:
+                run(batch)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(args.rounds):
             for name, run in runners.items():
@@ -117,9 +133,12 @@ def engine_rows(args: argparse.Namespace) -> list[dict]:
                 times[name].append((time.perf_counter() - start) / len(batches))
         for name, samples in times.items():
             median = statistics.median(samples)
-            rows.append({"model": name, "batch": size, "median_s": median, "images_per_s": size / median})
+            row = {"model": name, "images": "one shape" if one_shape else "mixed", "batch": size}
+            rows.append(row | {"median_s": median, "images_per_s": size / median})
+    shapes = {"distinct": len({to_model_input(i, config.min_size, config.max_size).shape for i in images})}
+    shapes["with_own_graph"] = len(ours.compiled_shapes)
     ours.close()
-    return rows
+    return rows, shapes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nanodet", type=Path, default=NANODET_IR, help="NanoDet-m's OpenVINO IR (.xml)")
     parser.add_argument("--images", type=Path, default=COCO128_IMAGES, help="JPEGs for the NanoDet-m comparison")
     parser.add_argument("--no-nanodet", dest="nanodet_peer", action="store_false", help="skip NanoDet-m")
+    parser.add_argument(
+        "--openvino-shapes",
+        type=int,
+        default=4,
+        help="input shapes that get a graph of their own in our OpenVINO engine (runtime.openvino; default 4)",
+    )
     parser.add_argument(
         "--variant",
         type=parse_variant,
@@ -173,17 +198,22 @@ def main(argv: list[str] | None = None) -> int:
         peer: {b: rate[(ours, b)] / rate[(peer, b)] for b in args.batch_sizes}
         for peer in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
     }
+    input_shapes = {}
     if args.nanodet_peer:
-        engine = engine_rows(args)
-        rate_on = {(r["model"].startswith("ours"), r["batch"]): r["images_per_s"] for r in engine}
-        ratios["nanodet_m"] = {b: rate_on[(True, b)] / rate_on[(False, b)] for b in args.batch_sizes}
-        rows += engine
+        for one_shape in (False, True):
+            engine, shapes = engine_rows(args, one_shape)
+            rate_on = {(r["model"].startswith("ours"), r["batch"]): r["images_per_s"] for r in engine}
+            peer = "nanodet_m_one_shape" if one_shape else "nanodet_m"
+            ratios[peer] = {b: rate_on[(True, b)] / rate_on[(False, b)] for b in args.batch_sizes}
+            input_shapes[peer] = shapes
+            rows += engine
     report = {
         "threads": args.threads,
         "layout": "NCHW" if args.nchw else "channels_last",
         "rounds": args.rounds,
         "input": "torch: 480x640 images, each model's own resize (short side 320; paper config 600); "
-        "openvino: coco128 JPEGs decoded beforehand, each model's own preprocessing and postprocessing",
+        "openvino: coco128 JPEGs decoded beforehand (the first 16, and the first 16 of its commonest size), "
+        "each model's own preprocessing and postprocessing",
         "rows": rows,
         "ratios": {peer: {str(b): round(r, 3) for b, r in by_batch.items()} for peer, by_batch in ratios.items()},
         "ratio_vs_fasterrcnn_mobilenet_v3_large_320_fpn": round(
@@ -193,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "nanodet_m" in ratios:
         report["ratio_vs_nanodet_m"] = round(min(ratios["nanodet_m"].values()), 3)
+        report["ratio_vs_nanodet_m_one_shape"] = round(min(ratios["nanodet_m_one_shape"].values()), 3)
+        report["openvino_input_shapes"] = input_shapes
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

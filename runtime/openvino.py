@@ -4,8 +4,16 @@ OpenVINO reads the export directly (no conversion step) and needs no torch. Infe
 its CPU plugin otherwise drops to bfloat16 where the processor has it, which moves scores by about 1e-2. A lone
 image runs on all the threads; a batch runs as one single-threaded stream per thread, side by side, as the
 ONNX Runtime engine does.
+
+The export takes any image size, but OpenVINO runs a graph compiled for one input shape about a third faster
+(the COCO model on 16 coco128 photos: 11.5 against 17.0 ms an image at batch 1, 2 threads), because it plans
+its memory layouts once. So an input shape seen twice gets a graph of its own (half a second to compile, about
+40 MB, and 55 MB more once it has run a batch), for the first ``static_shapes`` shapes that recur: a camera's
+frames all share one shape. Later shapes stay on the shape-agnostic graph, so a client that sends ever new
+shapes costs at most ``static_shapes`` compiles in the engine's life. The detections are the same either way.
 """
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +21,34 @@ import numpy as np
 from .card import Detections, EngineError
 from .onnx import INPUT, OUTPUTS, read_card
 
+_SIGHTINGS_BEFORE_COMPILE = 2
+_SHAPES_REMEMBERED = 256  # sightings are counted for this many recent shapes (a bounded memory)
+
+
+class _Compiled:
+    """One graph (shape-agnostic or for one input shape), compiled for a lone image and, when first needed,
+    for batches as one single-threaded stream per thread."""
+
+    def __init__(self, core, model, threads: int) -> None:
+        self._core, self._model, self._threads = core, model, threads
+        self._config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+        self.lone = core.compile_model(model, "CPU", self._config)
+        self._queue = None
+
+    @property
+    def queue(self):
+        if self._queue is None:
+            import openvino as ov
+
+            streams = self._core.compile_model(self._model, "CPU", {**self._config, "NUM_STREAMS": self._threads})
+            self._queue = ov.AsyncInferQueue(streams, self._threads)
+        return self._queue
+
 
 class OpenVinoEngine:
     name = "openvino"
 
-    def __init__(self, path: str | Path, *, threads: int = 1) -> None:
+    def __init__(self, path: str | Path, *, threads: int = 1, static_shapes: int = 4) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -25,39 +56,60 @@ class OpenVinoEngine:
         path = Path(path)
         if not path.is_file():
             raise EngineError(f"{path}: no such model file")
-        core = ov.Core()
+        self._core = ov.Core()
         try:
-            model = core.read_model(str(path))
+            model = self._core.read_model(str(path))
         except RuntimeError as exc:
             raise EngineError(f"{path}: not a model OpenVINO can read: {str(exc).strip().splitlines()[0]}") from exc
         names = [i.get_any_name() for i in model.inputs], [o.get_any_name() for o in model.outputs]
         if names != ([INPUT], OUTPUTS):
             raise EngineError(f"{path}: expected input {INPUT!r} and outputs {OUTPUTS}, found {names}")
         self.card = read_card(path)  # OpenVINO does not keep ONNX's metadata
-        precision = {"INFERENCE_PRECISION_HINT": "f32"}
-        self._lone = core.compile_model(model, "CPU", {**precision, "INFERENCE_NUM_THREADS": threads})
-        self._queue = None
-        if threads > 1:
-            streams = core.compile_model(
-                model, "CPU", {**precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": threads}
-            )
-            self._queue = ov.AsyncInferQueue(streams, threads)
         self.threads = threads
+        self._model = model
+        self._any_shape = _Compiled(self._core, model, threads)
+        self._static_shapes = static_shapes
+        self._by_shape: dict[tuple[int, ...], _Compiled] = {}
+        self._sightings: OrderedDict[tuple[int, ...], int] = OrderedDict()
+
+    @property
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes that have a graph of their own, in the order they got it."""
+        return list(self._by_shape)
+
+    def _graph_for(self, shape: tuple[int, ...]) -> _Compiled:
+        if shape in self._by_shape:
+            return self._by_shape[shape]
+        if len(self._by_shape) >= self._static_shapes:
+            return self._any_shape
+        self._sightings[shape] = self._sightings.pop(shape, 0) + 1
+        if len(self._sightings) > _SHAPES_REMEMBERED:
+            self._sightings.popitem(last=False)
+        if self._sightings[shape] < _SIGHTINGS_BEFORE_COMPILE:
+            return self._any_shape
+        del self._sightings[shape]
+        model = self._model.clone()
+        model.reshape({0: list(shape)})
+        self._by_shape[shape] = compiled = _Compiled(self._core, model, self.threads)
+        return compiled
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
-        if len(images) == 1 or self._queue is None:
-            return [
-                self._detections(self._lone({0: np.ascontiguousarray(image, dtype=np.float32)})) for image in images
-            ]
+        images = [np.ascontiguousarray(image, dtype=np.float32) for image in images]
+        graphs = [self._graph_for(image.shape) for image in images]
+        if len(images) == 1 or self.threads == 1:
+            return [self._detections(graph.lone({0: image})) for graph, image in zip(graphs, images, strict=True)]
+        # A batch runs on one graph's streams: a shape's own when they all share it (a camera's), otherwise
+        # the shape-agnostic one, which keeps every thread busy where per-shape groups of one would not.
+        graph = graphs[0] if all(g is graphs[0] for g in graphs) else self._any_shape
         results: list[Detections | None] = [None] * len(images)
 
         def done(request, index: int) -> None:
             results[index] = self._detections([request.get_output_tensor(i).data.copy() for i in range(3)])
 
-        self._queue.set_callback(done)
+        graph.queue.set_callback(done)
         for index, image in enumerate(images):
-            self._queue.start_async({0: np.ascontiguousarray(image, dtype=np.float32)}, index)
-        self._queue.wait_all()
+            graph.queue.start_async({0: image}, index)
+        graph.queue.wait_all()
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -66,4 +118,5 @@ class OpenVinoEngine:
         return Detections(np.asarray(boxes), np.asarray(labels).astype(np.int64), np.asarray(scores))
 
     def close(self) -> None:
-        self._queue = None
+        self._by_shape.clear()
+        self._any_shape = None

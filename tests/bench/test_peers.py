@@ -49,7 +49,17 @@ def test_nanodet_m_on_the_same_engine(peers, capsys, nanodet_ir, coco128):
     assert peers.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     engine_rows = [r for r in report["rows"] if "openvino" in r["model"]]
-    assert {(r["model"], r["batch"]) for r in engine_rows} == {
-        (name, batch) for name in ("ours:demo.onnx (openvino)", "nanodet_m (openvino)") for batch in (1, 2)
-    }
+    assert sorted((r["model"], r["images"], r["batch"]) for r in engine_rows) == sorted(
+        (name, images, batch)
+        for name in ("ours:demo.onnx (openvino)", "nanodet_m (openvino)")
+        for images in ("mixed", "one shape")
+        for batch in (1, 2)
+    )
     assert report["ratio_vs_nanodet_m"] == min(report["ratios"]["nanodet_m"].values()) > 0
+    assert report["ratio_vs_nanodet_m_one_shape"] == min(report["ratios"]["nanodet_m_one_shape"].values()) > 0
+    # coco128's first 4 photos have 4 input shapes, each seen twice in the warm-up; then 4 of one shape.
+    shapes = report["openvino_input_shapes"]
+    assert shapes == {
+        "nanodet_m": {"distinct": 4, "with_own_graph": 4},
+        "nanodet_m_one_shape": {"distinct": 1, "with_own_graph": 1},
+    }

@@ -104,3 +104,54 @@ def test_bad_model_files_raise_one_clear_error(tmp_path):
         load_engine(tmp_path / "missing.pt")
     with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
         load_engine(DEMO_EXPORT, "tensorrt")
+
+
+@pytest.fixture(scope="session")
+def openvino_engine():
+    """OpenVINO engines of the demo export that live to the end of the session: a torch data loader's fork
+    crashed the test process about one time in four when shape-specific OpenVINO graphs had just been freed."""
+    from runtime.openvino import OpenVinoEngine
+
+    alive = []
+
+    def make(threads: int, static_shapes: int = 4) -> OpenVinoEngine:
+        alive.append(OpenVinoEngine(DEMO_EXPORT, threads=threads, static_shapes=static_shapes))
+        return alive[-1]
+
+    yield make
+    alive.clear()
+
+
+def test_openvino_gives_a_repeated_shape_its_own_graph_with_the_same_detections(openvino_engine):
+    engine = openvino_engine(threads=2)
+    reference = load_engine(DEMO_EXPORT, threads=1)
+    image = sample_array()
+    portrait = np.ascontiguousarray(image[:, :, 64:320])
+    first = engine.predict([image])[0]
+    assert engine.compiled_shapes == []  # one sighting: the shape-agnostic graph
+    batch = engine.predict([image, portrait, image])  # the second sighting of the sample's shape compiles it
+    assert engine.compiled_shapes == [image.shape]
+    again = engine.predict([image])[0]
+    pair = engine.predict([image, image])  # on the shape's own graph's streams
+    expected = reference.predict([image])[0]
+    for got in (first, batch[0], batch[2], again, *pair):
+        assert len(got.labels) >= 3 and np.array_equal(got.labels, expected.labels)
+        np.testing.assert_allclose(got.boxes, expected.boxes, atol=0.05)
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
+    expected_portrait = reference.predict([portrait])[0]
+    assert np.array_equal(batch[1].labels, expected_portrait.labels)
+    np.testing.assert_allclose(batch[1].scores, expected_portrait.scores, atol=1e-4)
+
+
+def test_openvino_keeps_at_most_its_number_of_shape_graphs(openvino_engine):
+    engine = openvino_engine(threads=1, static_shapes=1)
+    image = sample_array()
+    portrait = np.ascontiguousarray(image[:, :, 64:320])
+    engine.predict([image, image])
+    engine.predict([portrait, portrait])
+    assert engine.compiled_shapes == [image.shape]  # full: the portrait stays on the shape-agnostic graph
+    again = engine.predict([portrait])[0]
+    np.testing.assert_allclose(again.scores, engine.predict([portrait, portrait])[1].scores, atol=1e-4)
+    off = openvino_engine(threads=1, static_shapes=0)
+    off.predict([image, image, image])
+    assert off.compiled_shapes == []
