@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="forbid", validate_default=True)
 
     checkpoint: Path = Field(DEFAULT_EXPORT, description="the model to serve: a .onnx export or a .pt checkpoint")
-    engine: EngineName = Field("auto", description="torch, onnxruntime, or auto (onnxruntime for .onnx files)")
+    engine: EngineName = Field("auto", description="torch, onnxruntime, openvino, or auto (onnxruntime for .onnx)")
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 to serve other machines")
     port: int = Field(8000, ge=1, le=65535)
     threads: int = Field(  # (a lambda: pydantic would pass a one-parameter factory the other fields)
