@@ -26,14 +26,16 @@ _SHAPES_REMEMBERED = 256  # sightings are counted for this many recent shapes (a
 
 
 class _Compiled:
-    """One graph (shape-agnostic or for one input shape), compiled for a lone image and, when first needed,
-    for batches as one single-threaded stream per thread."""
+    """One graph (shape-agnostic or for one input shape), compiled for a lone image and, at once with
+    ``batches_now`` or else when first needed, for batches as one single-threaded stream per thread."""
 
-    def __init__(self, core, model, threads: int) -> None:
+    def __init__(self, core, model, threads: int, *, batches_now: bool = False) -> None:
         self._core, self._model, self._threads = core, model, threads
         self._config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
         self.lone = core.compile_model(model, "CPU", self._config)
         self._queue = None
+        if batches_now:
+            self.queue  # noqa: B018 (compiles it)
 
     @property
     def queue(self):
@@ -67,7 +69,9 @@ class OpenVinoEngine:
         self.card = read_card(path)  # OpenVINO does not keep ONNX's metadata
         self.threads = threads
         self._model = model
-        self._any_shape = _Compiled(self._core, model, threads)
+        # The shape-agnostic graph's streams are compiled now, so that no request waits for them; a shape's
+        # own only when a batch of that shape comes (most shapes of a camera's stream arrive one at a time).
+        self._any_shape = _Compiled(self._core, model, threads, batches_now=threads > 1)
         self._static_shapes = static_shapes
         self._by_shape: dict[tuple[int, ...], _Compiled] = {}
         self._sightings: OrderedDict[tuple[int, ...], int] = OrderedDict()

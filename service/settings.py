@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         default_factory=lambda: available_cpus(), ge=1, le=256, description="inference threads (default: CPUs allowed)"
     )
     decode_workers: int = Field(2, ge=1, le=64, description="images decoded at once (each holds a full bitmap)")
-    worker_nice: int = Field(  # 10: /healthz p99 under bench/hostile.py's attacks 288 -> 191 ms (README)
+    worker_nice: int = Field(  # 10: /healthz p99 under bench/hostile.py's attacks 288 -> 155 ms (README)
         10, ge=0, le=19, description="niceness added to decode and inference threads, so the event loop goes first"
     )
     max_batch_size: int = Field(4, ge=1, le=256, description="images per forward pass")
