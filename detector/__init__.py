@@ -25,7 +25,7 @@ _NEEDS_TORCH = {
     "read_checkpoint": ".checkpoint",
     "save_checkpoint": ".checkpoint",
     "model_card": ".checkpoint",
-    "BackboneWithFPN": ".model",
+    "BackboneWithNeck": ".model",
     "Detector": ".model",
     "build_detector": ".model",
 }

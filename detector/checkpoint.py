@@ -88,6 +88,11 @@ def read_checkpoint(path: str | Path) -> dict:
     for key in ("config", "categories", "state_dict"):
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint has no {key!r}")
+    # Checkpoints from before the neck was configurable named their FPN "backbone.fpn".
+    old = "backbone.fpn."
+    payload["state_dict"] = {
+        "backbone.neck." + k[len(old) :] if k.startswith(old) else k: v for k, v in payload["state_dict"].items()
+    }
     return payload
 
 

@@ -38,7 +38,7 @@ def detector_complexity(config: DetectorConfig, categories: CategoryMap | None =
     net = detector.model
     parts = {
         "backbone": net.backbone.body,
-        "neck": net.backbone.fpn,
+        "neck": net.backbone.neck,
         "rpn": net.rpn,
         "roi_head": net.roi_heads,
     }

@@ -29,8 +29,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DetectorConfig:
     name: str
     backbone: str  # a key of backbone.BACKBONES
-    # Neck: torchvision's FeaturePyramidNetwork over stages 2-4 (strides 8/16/32) plus a max-pooled level (64).
+    # Neck over stages 2-4 (strides 8/16/32) plus a max-pooled level (64): torchvision's FeaturePyramidNetwork
+    # ("fpn"), or NanoDet-m's PAN and head towers ("nanodet_m", 96 channels, weights from its IR); whether it
+    # trains (False keeps pretrained neck weights as they are).
+    neck: str = "fpn"
     neck_channels: int = 256
+    trainable_neck: bool = True
     # One tuple per FPN level (4 levels); every level needs the same number of sizes.
     anchor_sizes: tuple[tuple[int, ...], ...] = ((32,), (64,), (128,), (256,))
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -43,7 +47,8 @@ class DetectorConfig:
     train_max_size: int | None = None
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
-    # RPN
+    # RPN: its head's 3x3 convolution plain ("conv", torchvision's) or depthwise-separable ("separable")
+    rpn_head: str = "conv"
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
@@ -94,6 +99,8 @@ def _tuplify(value):
     return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+NECK_NAMES = ("fpn", "nanodet_m")  # the builders are detector.model.NECKS
+RPN_HEAD_NAMES = ("conv", "separable")  # detector.model.rpn_head
 MIN_SIDE = 32  # the backbone's coarsest stride: a smaller image has no cell at stride 32
 
 
@@ -112,7 +119,9 @@ def _fraction(value) -> bool:
 # Ranges per field: a check for a field's value, or for each element of a tuple field; fields without an entry
 # (names, mean, sampling ratio: torchvision takes <= 0 as "adaptive") are checked for their type only.
 _RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
+    "neck": (lambda name: name in NECK_NAMES, f"one of {', '.join(NECK_NAMES)}"),
     "neck_channels": (_positive, "positive"),
+    "rpn_head": (lambda name: name in RPN_HEAD_NAMES, f"one of {', '.join(RPN_HEAD_NAMES)}"),
     "anchor_sizes": (lambda level: len(level) > 0 and all(s > 0 for s in level), "levels of positive sizes"),
     "aspect_ratios": (_positive, "positive"),
     "min_size": (_side, f"at least {MIN_SIDE}"),

@@ -1,7 +1,8 @@
 """Faster R-CNN on a ShuffleNet backbone, composed from torchvision's detection parts.
 
 ``build_detector(config, categories)`` is the one builder: backbone (any family, through the shared
-feature interface) -> FPN neck -> torchvision's RPN and RoI heads. ``Detector`` keeps the network together
+feature interface) -> neck (torchvision's FPN, or NanoDet-m's PAN and towers) -> torchvision's RPN and RoI
+heads. ``Detector`` keeps the network together
 with what it needs to be used on its own: its configuration, its categories and its provenance.
 """
 
@@ -12,28 +13,70 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import Conv2dNormActivation
 
 from backbone import FeatureBackbone, create_backbone
 
 from .categories import CategoryMap
 from .config import DetectorConfig
+from .nanodet_neck import NanoDetNeck, nanodet_neck_state_dict_from_ir
 
 
-class BackboneWithFPN(nn.Module):
-    """Any ``FeatureBackbone`` followed by an FPN; returns levels "0", "1", "2" (strides 8-32) and "pool" (64)."""
+class BackboneWithNeck(nn.Module):
+    """Any ``FeatureBackbone`` followed by a neck that maps its stage outputs ("0", "1", "2": strides 8-32) to
+    ``out_channels``-wide levels of the same names plus "pool" (stride 64)."""
 
-    def __init__(self, body: FeatureBackbone, out_channels: int) -> None:
+    def __init__(self, body: FeatureBackbone, neck: nn.Module, out_channels: int) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.feature_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.neck = neck
         self.out_channels = out_channels  # what FasterRCNN reads to size its heads
         self.level_names = [str(i) for i in range(len(body.feature_info))]
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        return self.fpn(OrderedDict(zip(self.level_names, self.body.forward_features(x), strict=True)))
+        return self.neck(OrderedDict(zip(self.level_names, self.body.forward_features(x), strict=True)))
+
+
+def fpn_neck(body: FeatureBackbone, channels: int, weights: str | None = None) -> nn.Module:
+    if weights is not None:
+        raise ValueError("the FPN neck has no pretrained weights to load; it learns from scratch")
+    return FeaturePyramidNetwork(body.feature_channels, channels, extra_blocks=LastLevelMaxPool())
+
+
+def nanodet_m_neck(body: FeatureBackbone, channels: int, weights: str | None = None) -> nn.Module:
+    """NanoDet-m's PAN and head towers; ``weights``: its IR (the same file the body comes from)."""
+    neck = NanoDetNeck(body.feature_channels, channels)
+    if weights is not None:
+        body_convs = sum(isinstance(m, nn.Conv2d) for m in body.modules())
+        neck.load_state_dict(nanodet_neck_state_dict_from_ir(weights, neck, body_convs=body_convs))
+    return neck
+
+
+NECKS = {"fpn": fpn_neck, "nanodet_m": nanodet_m_neck}  # DetectorConfig.neck
+
+
+def rpn_head(kind: str, channels: int, num_anchors: int) -> RPNHead:
+    """torchvision's RPN head (``"conv"``: a 3x3 convolution over every level, then the objectness and box
+    convolutions), or the same with that 3x3 convolution depthwise-separable (``"separable"``): on a 96-wide
+    neck the 3x3 one costs as many multiply-adds as the neck itself, the separable one a ninth of it."""
+    head = RPNHead(channels, num_anchors)
+    if kind == "separable":
+        head.conv = nn.Sequential(
+            Conv2dNormActivation(channels, channels, 3, groups=channels, norm_layer=None),
+            Conv2dNormActivation(channels, channels, 1, norm_layer=None),
+        )
+        for layer in head.conv.modules():
+            if isinstance(layer, nn.Conv2d):  # as torchvision initialises its own
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.constant_(layer.bias, 0)
+    return head
+
+
+RPN_HEADS = {"conv", "separable"}  # DetectorConfig.rpn_head
 
 
 class TrainTestTransform(GeneralizedRCNNTransform):
@@ -72,11 +115,18 @@ class TrainTestTransform(GeneralizedRCNNTransform):
         return k[index]
 
 
-def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights: str | None = None) -> FasterRCNN:
+def build_detector(
+    config: DetectorConfig,
+    num_classes: int,
+    *,
+    backbone_weights: str | None = None,
+    neck_weights: str | None = None,
+) -> FasterRCNN:
     """torchvision's FasterRCNN with every part built from ``config``.
 
     ``num_classes`` counts background (K categories -> K + 1). ``backbone_weights``: a local ImageNet
-    state dict for the backbone (strictly checked), or an OpenVINO IR holding it (NanoDet-m's).
+    state dict for the backbone (strictly checked), or an OpenVINO IR holding it (NanoDet-m's);
+    ``neck_weights``: an IR holding the neck (NanoDet-m's, for ``neck="nanodet_m"``).
     Inputs: list of (3, H, W) tensors in 0..1; in eval mode
     outputs boxes as [x1, y1, x2, y2] in the input images' pixels, labels 1..K and scores.
     """
@@ -88,16 +138,20 @@ def build_detector(config: DetectorConfig, num_classes: int, *, backbone_weights
         frozen_batchnorm=config.frozen_batchnorm,
     )
     body.set_trainable_layers(config.trainable_backbone_layers)
-    backbone = BackboneWithFPN(body, config.neck_channels)
+    neck = NECKS[config.neck](body, config.neck_channels, neck_weights)
+    neck.requires_grad_(config.trainable_neck)
+    backbone = BackboneWithNeck(body, neck, config.neck_channels)
     num_levels = len(body.feature_info) + 1  # plus the max-pooled level
     if len(config.anchor_sizes) != num_levels:
         raise ValueError(f"{config.name}: anchor_sizes needs {num_levels} levels, got {len(config.anchor_sizes)}")
     anchors = AnchorGenerator(config.anchor_sizes, (config.aspect_ratios,) * num_levels)
+    rpn = rpn_head(config.rpn_head, config.neck_channels, anchors.num_anchors_per_location()[0])
     roi_pool = MultiScaleRoIAlign(backbone.level_names, config.roi_output_size, config.roi_sampling_ratio)
     box_head = TwoMLPHead(config.neck_channels * config.roi_output_size**2, config.box_head_width)
     model = FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
+        rpn_head=rpn,
         rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
@@ -138,13 +192,16 @@ class Detector(nn.Module):
         categories: CategoryMap,
         *,
         backbone_weights: str | None = None,
+        neck_weights: str | None = None,
         provenance: dict | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.categories = categories
         self.provenance = dict(provenance or {})
-        self.model = build_detector(config, categories.num_classes, backbone_weights=backbone_weights)
+        self.model = build_detector(
+            config, categories.num_classes, backbone_weights=backbone_weights, neck_weights=neck_weights
+        )
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         return self.model(images, targets)

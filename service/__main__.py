@@ -17,6 +17,7 @@ from .app import create_app, lower_thread_priority
 from .logs import log_config
 from .memory import keep_large_blocks_out_of_heaps
 from .protocol import HeadLimits, guarded_http
+from .routes.detect import early_refusal
 from .settings import Settings
 
 ENV_ONLY = {"api_key"}
@@ -66,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m service: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers, settings.read_timeout_s)
+    app = create_app(settings, engine=engine)
     uvicorn.run(
-        create_app(settings, engine=engine),
+        app,
         host=settings.host,
         port=settings.port,
-        http=guarded_http(head_limits),
+        http=guarded_http(head_limits, early_refusal(app)),
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.keep_alive_s,
         log_config=log_config(),

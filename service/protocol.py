@@ -8,12 +8,20 @@ head that never ends (its keep-alive timeout starts only after a first response)
   httptools), so a connection holds at most one read, 256 KiB, beyond the limit;
 - 408 if the head is not complete ``timeout_s`` after its first byte (or after the connection opened);
 - at shutdown (SIGTERM), 503 at once for a request still receiving its body: uvicorn would otherwise wait
-  for it until the graceful-shutdown timeout and then answer 500. Requests whose body has arrived finish.
+  for it until the graceful-shutdown timeout and then answer 500. Requests whose body has arrived finish;
+- 503 as soon as a head is complete if ``early_refusal`` says the request cannot be admitted (the service's
+  budgets are full): answered here, it costs the event loop a tenth of what the app's own 503 does, and under a
+  flood of requests that are refused anyway that is what keeps /healthz answering quickly. The app still
+  checks the same budgets (a request let through here may find them full by the time it asks).
+
+Every refusal here is JSON ``{"detail": "..."}``, as the app's errors are.
 
 The body's own read timeout and size limits are the app's (``service.upload``), where the message can say more.
 """
 
 import asyncio
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,20 +35,26 @@ class HeadLimits:
     timeout_s: float  # from the head's first byte (or the connection's start) to its end
 
 
+# (method, request target as sent, header lines as (lower-case name, value)) -> None to let the request through,
+# or (message, Retry-After seconds) for a 503.
+EarlyRefusal = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], tuple[str, int] | None]
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing; the status and message are on the protocol."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    def __init__(self, *args, limits: HeadLimits, **kwargs) -> None:
+    def __init__(self, *args, limits: HeadLimits, early_refusal: EarlyRefusal | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
+        self.early_refusal = early_refusal
         self._in_head = True  # waiting for (the rest of) a request head
         self._heads_completed = 0
         self._parsed_bytes = 0  # of the current head: its URL and header lines, as parsed
         self._unfinished_bytes = 0  # of the current head: reads that did not finish it
         self._header_lines = 0
-        self._refusal: tuple[int, str] | None = None
+        self._refusal: tuple[int, str, int | None] | None = None  # status, message, Retry-After
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -76,7 +90,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_lines += 1
         if self._header_lines > self.limits.max_headers:
-            self._refusal = (431, f"request header fields too large: over {self.limits.max_headers} header lines")
+            self._refusal = (431, f"request header fields too large: over {self.limits.max_headers} header lines", None)
             raise _Refused  # httptools stops parsing and uvicorn calls send_400_response, which sends ours
         self._count_parsed(len(name) + len(value) + 4)  # with ": " and CRLF
         super().on_header(name, value)
@@ -84,13 +98,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _count_parsed(self, size: int) -> None:
         self._parsed_bytes += size
         if self._parsed_bytes > self.limits.max_bytes:
-            self._refusal = (431, self._too_large)
+            self._refusal = (431, self._too_large, None)
             raise _Refused
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._heads_completed += 1
         self._disarm_head_timer()
+        if self.early_refusal is not None:
+            refusal = self.early_refusal(self.parser.get_method(), self.url, self.headers)
+            if refusal is not None:
+                self._refusal = (503, *refusal)
+                raise _Refused
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -98,8 +117,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._parsed_bytes, self._unfinished_bytes, self._header_lines = True, 0, 0, 0
 
     def send_400_response(self, msg: str) -> None:
-        status, msg = self._refusal or (400, msg)
-        self._refuse(status, msg)
+        self._refuse(*(self._refusal or (400, msg, None)))
 
     def shutdown(self) -> None:
         cycle = self.cycle
@@ -111,16 +129,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().shutdown()
 
     def _refuse(self, status: int, msg: str, retry_after: int | None = None) -> None:
-        """Answer ``status`` with a plain-text ``msg`` outside of any app, then close the connection."""
+        """Answer ``status`` with ``{"detail": msg}`` outside of any app, then close the connection."""
         self._disarm_head_timer()
         if self.transport.is_closing():
             return
-        body = msg.encode("ascii", "replace")
+        body = json.dumps({"detail": msg}).encode()
         head = [STATUS_LINE[status]]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         if retry_after is not None:
             head.append(b"retry-after: %d\r\n" % retry_after)
-        head += [b"content-type: text/plain; charset=utf-8\r\n", b"content-length: %d\r\n" % len(body)]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body)]
         self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
         self.transport.close()
 
@@ -139,6 +157,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(408, f"request head not received within {self.limits.timeout_s:g} s")
 
 
-def guarded_http(limits: HeadLimits) -> partial:
+def guarded_http(limits: HeadLimits, early_refusal: EarlyRefusal | None = None) -> partial:
     """What ``uvicorn.run(http=...)`` takes: a protocol factory with these limits."""
-    return partial(GuardedHttpToolsProtocol, limits=limits)
+    return partial(GuardedHttpToolsProtocol, limits=limits, early_refusal=early_refusal)

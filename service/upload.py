@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from .budget import Lease
+from .budget import Budget, Lease
 
 RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 ALSO_ACCEPTED = ("image/jpg", "image/x-ms-bmp", "application/octet-stream")  # the bytes are checked anyway
@@ -74,16 +74,20 @@ async def read_upload(request: Request, limits: BodyLimits, *, max_images: int) 
     )
 
 
+def body_budget_full(budget: Budget, size: int, held: int = 0) -> str | None:
+    """Why a body of ``size`` bytes (``held`` of them already counted) does not fit ``budget`` now, or None."""
+    counted = size - FREE_BODY_BYTES
+    if counted <= held or budget.used + counted - held <= budget.limit:
+        return None
+    return f"overloaded: request bodies in flight hold {budget.used} of {budget.limit} bytes; retry in 1 s"
+
+
 def _hold(lease: Lease, size: int) -> None:
     """Hold what a body of ``size`` bytes counts against the budget (more than held so far), or 503."""
     counted = size - FREE_BODY_BYTES
     if counted > lease.held and not lease.try_take(counted - lease.held):
-        budget = lease.budget
-        raise HTTPException(
-            503,
-            f"overloaded: request bodies in flight hold {budget.used} of {budget.limit} bytes; retry in 1 s",
-            headers={"Retry-After": "1", **CLOSE},
-        )
+        reason = body_budget_full(lease.budget, size, lease.held) or "overloaded: request bodies in flight; retry"
+        raise HTTPException(503, reason, headers={"Retry-After": "1", **CLOSE})
 
 
 async def _limited(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:

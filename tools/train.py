@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--pretrained-backbone",
         type=Path,
-        help="local backbone weights: an ImageNet state dict, or an OpenVINO IR holding the body (NanoDet-m's .xml)",
+        help="local backbone weights: an ImageNet state dict, or an OpenVINO IR holding the body (NanoDet-m's "
+        ".xml; with --set neck=nanodet_m the neck comes from the same IR)",
     )
     model.add_argument(
         "--init",
@@ -362,11 +363,14 @@ def _provenance(args: argparse.Namespace, train_set: CocoDetectionDataset, val_s
 
 
 def _build_detector(config, args, train_set, val_set) -> Detector:
+    weights = str(args.pretrained_backbone) if args.pretrained_backbone else None
+    ir = weights if weights and args.pretrained_backbone.suffix == ".xml" else None
     try:
         return Detector(
             config,
             train_set.categories,
-            backbone_weights=str(args.pretrained_backbone) if args.pretrained_backbone else None,
+            backbone_weights=weights,
+            neck_weights=ir if config.neck == "nanodet_m" else None,
             provenance=_provenance(args, train_set, val_set),
         )
     except (ConfigError, WeightsError):

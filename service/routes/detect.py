@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Annotated, NoReturn
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -36,9 +36,10 @@ from ..batcher import Batcher, BatcherClosed, BatchFailed, Outcome, QueueFull, R
 from ..budget import Budget, Lease
 from ..dependencies import BatcherDep, BudgetsDep, EngineDep, LeasesDep, SettingsDep
 from ..metrics import ServiceMetrics
+from ..protocol import EarlyRefusal
 from ..schemas import Detection, DetectOptions, DetectResponse, Error, ImageResult, ModelRef, Timings
 from ..settings import Settings
-from ..upload import CLOSE, RAW_TYPES, BodyLimits, read_upload
+from ..upload import CLOSE, RAW_TYPES, BodyLimits, body_budget_full, read_upload
 
 router = APIRouter(tags=["detection"])
 _REASONS = {503: "queue_full", 504: "timeout", 400: "client_gone", 500: "batch_failed"}  # for service_rejected
@@ -255,12 +256,51 @@ def _admit(lease: Lease, count: int, batcher: Batcher, metrics: ServiceMetrics) 
     """Hold ``count`` more of the admitted-images budget (``queue_size``), or 503 at once."""
     if not lease.try_take(count):
         metrics.rejected.labels("queue_full").inc()
-        _busy(batcher, f"{lease.budget.used} of {lease.budget.limit} admitted images are being decoded or waiting")
+        _busy(batcher, _images_full(lease.budget))
+
+
+def _images_full(budget: Budget) -> str:
+    return f"{budget.used} of {budget.limit} admitted images are being decoded or waiting"
+
+
+def _retry_after(batcher: Batcher | None) -> int:
+    if batcher is None:
+        return 1
+    return max(1, math.ceil(batcher.depth / batcher.max_batch_size * 0.5))  # about half a second per batch
 
 
 def _busy(batcher: Batcher, reason: str) -> NoReturn:
-    retry = max(1, math.ceil(batcher.depth / batcher.max_batch_size * 0.5))  # about half a second per batch
+    retry = _retry_after(batcher)
     raise HTTPException(503, f"overloaded: {reason}; retry in {retry} s", headers={"Retry-After": str(retry), **CLOSE})
+
+
+def early_refusal(app: FastAPI) -> EarlyRefusal:
+    """The checks of /detect that a request's head is enough for, for the protocol to answer 503 before the app
+    runs (``service.protocol``): the admitted-images budget full, or a declared Content-Length that the body
+    budget cannot hold now. Counted in the metrics as the app's own 503s are; the app checks both again."""
+    budgets, metrics = app.state.budgets, app.state.metrics
+    path = app.url_path_for("detect").encode()
+    max_body_bytes = app.state.settings.max_body_bytes
+
+    def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[str, int] | None:
+        if method != b"POST" or target.split(b"?", 1)[0] != path:
+            return None
+        if budgets.images.used >= budgets.images.limit:
+            metrics.rejected.labels("queue_full").inc()
+            retry = _retry_after(app.state.batcher)
+            reason = f"overloaded: {_images_full(budgets.images)}; retry in {retry} s"
+        else:
+            declared = next((value for name, value in headers if name == b"content-length"), b"")
+            size = int(declared) if declared.isdigit() else None  # the app answers a bad one with 400
+            fits = size is not None and size <= max_body_bytes  # else the app's 413
+            reason = body_budget_full(budgets.body_bytes, size) if fits else None
+            retry = 1
+        if reason is None:
+            return None
+        metrics.requests.labels("/detect", "POST", "503").inc()
+        return reason, retry
+
+    return refuse
 
 
 def _result(result: Detections, image: DecodedImage, options: DetectOptions, card: ModelCard) -> ImageResult:

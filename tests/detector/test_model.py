@@ -49,8 +49,8 @@ def test_config_round_trips_through_json_and_rejects_unknown_fields():
     for config in CONFIGS.values():
         assert DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert get_config("edge", train_min_sizes=[300]) == get_config("edge", train_min_sizes=(300,))
-    with pytest.raises(ValueError, match="unknown detector config fields: neck"):
-        get_config("edge", neck=3)
+    with pytest.raises(ValueError, match="unknown detector config fields: necks"):
+        get_config("edge", necks=3)
     with pytest.raises(ValueError, match="unknown detector config 'nope'"):
         get_config("nope")
 

@@ -27,6 +27,7 @@ from .conftest import live_server, read_head
 
 REPO = Path(__file__).resolve().parents[2]
 RAW = {"content-type": "image/jpeg"}
+REFUSED_DETECT = 'service_requests_total{method="POST",route="/detect",status="503"}'
 LIMITS = ["--read-timeout-s", "1", "--request-timeout-s", "1", "--decode-workers", "1", "--max-batch-size", "1"]
 LIMITS += ["--max-body-bytes", "2000000", "--body-budget-bytes", "2000000", "--decode-budget-pixels", "96100000"]
 LIMITS += ["--queue-size", "3", "--max-images-per-request", "3", "--max-header-bytes", "4096", "--max-headers", "20"]
@@ -97,12 +98,17 @@ def test_the_body_budget_refuses_large_bodies_at_once_and_is_given_back(guarded,
         for stalled in (first, second):
             stalled.sendall(head % 2_000_000 + jpeg[:1000])  # (each body's first MiB is not counted)
         wait_until(lambda: budget(guarded, "body_bytes") > 1_800_000)
+        refusals = guarded.metric(REFUSED_DETECT)
         start = time.monotonic()
         with connect(guarded.url) as large:
             large.sendall(head % 1_200_000)
             refused = read_head(large)
+            while chunk := large.recv(65536):  # then the body, until the server closes
+                refused += chunk
         assert refused.startswith(b"HTTP/1.1 503") and b"retry-after" in refused.lower(), refused
+        assert b'{"detail": "overloaded: request bodies in flight hold' in refused  # JSON, as the app's errors
         assert time.monotonic() - start < 1
+        assert guarded.metric(REFUSED_DETECT) == refusals + 1  # counted, though the protocol answered it
         assert post(guarded.url, jpeg).status_code == 200  # a one-photo body still gets in
         assert read_head(first).startswith(b"HTTP/1.1 408") and read_head(second).startswith(b"HTTP/1.1 408")
     wait_until(lambda: budget(guarded, "body_bytes") == 0)
