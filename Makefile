@@ -35,9 +35,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The default suite: everything but tests marked slow.
+# The default suite: everything but tests marked slow, in TEST_WORKERS processes (pytest-xdist; 0 runs it in
+# this process), each file's tests in one of them so that a module's server or model is made once.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Slow checks (multi-process training, fuzzing, the page in a real browser): run before resolving an issue.
 test-slow: $(STAMP) chromium

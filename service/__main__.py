@@ -16,8 +16,9 @@ from runtime import EngineError, load_engine
 from .app import create_app, lower_thread_priority
 from .logs import log_config
 from .memory import keep_large_blocks_out_of_heaps
-from .protocol import HeadLimits, guarded_http
+from .protocol import HeadLimits, first_answer, guarded_http
 from .routes.detect import early_refusal
+from .routes.health import early_liveness
 from .settings import Settings
 
 ENV_ONLY = {"api_key"}
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        http=guarded_http(head_limits, early_refusal(app)),
+        http=guarded_http(head_limits, first_answer(early_liveness(app), early_refusal(app))),
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.keep_alive_s,
         log_config=log_config(),

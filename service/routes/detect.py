@@ -36,7 +36,7 @@ from ..batcher import Batcher, BatcherClosed, BatchFailed, Outcome, QueueFull, R
 from ..budget import Budget, Lease
 from ..dependencies import BatcherDep, BudgetsDep, EngineDep, LeasesDep, SettingsDep
 from ..metrics import ServiceMetrics
-from ..protocol import EarlyRefusal
+from ..protocol import Answer, EarlyAnswer, refusal
 from ..schemas import Detection, DetectOptions, DetectResponse, Error, ImageResult, ModelRef, Timings
 from ..settings import Settings
 from ..upload import CLOSE, RAW_TYPES, BodyLimits, body_budget_full, read_upload
@@ -274,7 +274,7 @@ def _busy(batcher: Batcher, reason: str) -> NoReturn:
     raise HTTPException(503, f"overloaded: {reason}; retry in {retry} s", headers={"Retry-After": str(retry), **CLOSE})
 
 
-def early_refusal(app: FastAPI) -> EarlyRefusal:
+def early_refusal(app: FastAPI) -> EarlyAnswer:
     """The checks of /detect that a request's head is enough for, for the protocol to answer 503 before the app
     runs (``service.protocol``): the admitted-images budget full, or a declared Content-Length that the body
     budget cannot hold now. Counted in the metrics as the app's own 503s are; the app checks both again."""
@@ -282,7 +282,7 @@ def early_refusal(app: FastAPI) -> EarlyRefusal:
     path = app.url_path_for("detect").encode()
     max_body_bytes = app.state.settings.max_body_bytes
 
-    def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[str, int] | None:
+    def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Answer | None:
         if method != b"POST" or target.split(b"?", 1)[0] != path:
             return None
         if budgets.images.used >= budgets.images.limit:
@@ -298,7 +298,7 @@ def early_refusal(app: FastAPI) -> EarlyRefusal:
         if reason is None:
             return None
         metrics.requests.labels("/detect", "POST", "503").inc()
-        return reason, retry
+        return refusal(503, reason, retry)
 
     return refuse
 

@@ -155,3 +155,26 @@ def test_openvino_keeps_at_most_its_number_of_shape_graphs(openvino_engine):
     off = openvino_engine(threads=1, static_shapes=0)
     off.predict([image, image, image])
     assert off.compiled_shapes == []
+
+
+def test_openvino_pads_photos_to_the_networks_multiple_of_32_so_that_they_share_a_graph(openvino_engine):
+    from runtime.preprocess import to_model_input
+
+    engine = openvino_engine(threads=1)
+    unpadded = load_engine(DEMO_EXPORT, threads=1)  # ONNX Runtime runs what it is given
+    image = to_model_input(cv2.imread(str(SAMPLE)), 320, 544)  # the demo's input: 320 x 427
+    narrower = np.ascontiguousarray(image[:, :, :420])
+    found = [engine.predict([x])[0] for x in (image, narrower)]
+    assert engine.compiled_shapes == [(3, 320, 448)]  # both padded to one shape: its second sighting compiled it
+    for x, got in zip((image, narrower), found, strict=True):
+        expected = unpadded.predict([x])[0]
+        assert len(got.labels) >= 3 and np.array_equal(got.labels[:5], expected.labels[:5])
+        np.testing.assert_allclose(got.boxes[:5], expected.boxes[:5], atol=0.5)  # pixels
+        # A box at the cut edge may score a little differently: its proposals could reach into the padding.
+        np.testing.assert_allclose(got.scores[:5], expected.scores[:5], atol=0.03)
+        assert got.boxes[:, 0::2].max() <= x.shape[2] and got.boxes[:, 1::2].max() <= x.shape[1]
+    # An image the network enlarges (short side under 320) would be enlarged by another factor padded: not padded.
+    shorter = np.ascontiguousarray(image[:, :300, :])
+    for _ in range(2):
+        engine.predict([shorter])
+    assert engine.compiled_shapes == [(3, 320, 448), (3, 300, 427)]

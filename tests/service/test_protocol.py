@@ -1,13 +1,16 @@
-"""The guarded protocol itself, fed bytes as uvicorn's event loop would: an early refusal is answered without
-the app, as JSON, and everything else reaches the app."""
+"""The guarded protocol itself, fed bytes as uvicorn's event loop would: an early refusal and the liveness probe
+are answered without the app, as JSON, and everything else reaches the app."""
 
 import asyncio
 import json
 
+from fastapi import FastAPI
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from service.protocol import GuardedHttpToolsProtocol, HeadLimits
+from service.metrics import ServiceMetrics
+from service.protocol import GuardedHttpToolsProtocol, HeadLimits, first_answer, refusal
+from service.routes import health
 
 
 class Transport(asyncio.Transport):
@@ -35,9 +38,9 @@ class Transport(asyncio.Transport):
         pass
 
 
-def run_protocol(request: bytes) -> tuple[Transport, list[str]]:
-    """Feed ``request`` to a protocol whose early refusal turns away POST /detect over 1 MB; (transport, the
-    paths the app was called for)."""
+def run_protocol(request: bytes, liveness=None) -> tuple[Transport, list[str]]:
+    """Feed ``request`` to a protocol whose early refusal turns away POST /detect over 1 MB (and that answers
+    ``liveness`` first, if given); (transport, the paths the app was called for)."""
     called: list[str] = []
 
     async def app(scope, receive, send):
@@ -48,7 +51,7 @@ def run_protocol(request: bytes) -> tuple[Transport, list[str]]:
     def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]):
         length = int(dict(headers).get(b"content-length", b"0"))
         if method == b"POST" and target.startswith(b"/detect") and length > 1_000_000:
-            return "overloaded: the body budget is full; retry in 1 s", 1
+            return refusal(503, "overloaded: the body budget is full; retry in 1 s", 1)
         return None
 
     async def feed() -> Transport:
@@ -59,7 +62,7 @@ def run_protocol(request: bytes) -> tuple[Transport, list[str]]:
             server_state=ServerState(),
             app_state={},
             limits=HeadLimits(4096, 20, 5.0),
-            early_refusal=refuse,
+            early_answer=first_answer(liveness, refuse) if liveness else refuse,
         )
         transport = Transport()
         protocol.connection_made(transport)
@@ -95,3 +98,27 @@ def test_a_malformed_request_gets_a_json_400():
     head, _, body = transport.written.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and "detail" in json.loads(body)
     assert called == []
+
+
+def test_the_liveness_probe_is_answered_without_the_app_and_counted():
+    service = FastAPI()
+    service.include_router(health.live)
+    service.state.metrics = ServiceMetrics(4)
+    liveness = health.early_liveness(service)
+    transport, called = run_protocol(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", liveness)
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and json.loads(body) == {"status": "ok"}
+    assert b"x-content-type-options: nosniff" in head and b"content-security-policy: " in head
+    assert transport.closed and called == []
+    transport, called = run_protocol(b"HEAD /healthz?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n", liveness)
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 16" in head and body == b""
+    requests = service.state.metrics.requests
+    assert [requests.labels("/healthz", m, "200")._value.get() for m in ("GET", "HEAD")] == [1, 1]
+    # Other paths, and /healthz after a request still being answered on the same connection, reach the app.
+    for request in (b"GET /healthzz HTTP/1.1\r\nHost: x\r\n\r\n", b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):
+        transport, called = run_protocol(request, liveness)
+        assert len(called) == 1
+    pipelined = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    transport, called = run_protocol(pipelined, liveness)
+    assert called == ["/first", "/healthz"] and transport.written.count(b"HTTP/1.1 200") == 2
