@@ -58,6 +58,11 @@ def refusal(status: int, message: str, retry_after: int | None = None) -> Answer
 EarlyAnswer = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], Answer | None]
 
 
+def target_path(target: bytes) -> bytes:
+    """The path of a request target as sent (its query left off), for early answers to match routes by."""
+    return target.split(b"?", 1)[0]
+
+
 def first_answer(*answers: EarlyAnswer) -> EarlyAnswer:
     """The first of ``answers`` that answers a request."""
 

@@ -36,7 +36,7 @@ from ..batcher import Batcher, BatcherClosed, BatchFailed, Outcome, QueueFull, R
 from ..budget import Budget, Lease
 from ..dependencies import BatcherDep, BudgetsDep, EngineDep, LeasesDep, SettingsDep
 from ..metrics import ServiceMetrics
-from ..protocol import Answer, EarlyAnswer, refusal
+from ..protocol import Answer, EarlyAnswer, refusal, target_path
 from ..schemas import Detection, DetectOptions, DetectResponse, Error, ImageResult, ModelRef, Timings
 from ..settings import Settings
 from ..upload import CLOSE, RAW_TYPES, BodyLimits, body_budget_full, read_upload
@@ -283,7 +283,7 @@ def early_refusal(app: FastAPI) -> EarlyAnswer:
     max_body_bytes = app.state.settings.max_body_bytes
 
     def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Answer | None:
-        if method != b"POST" or target.split(b"?", 1)[0] != path:
+        if method != b"POST" or target_path(target) != path:
             return None
         if budgets.images.used >= budgets.images.limit:
             metrics.rejected.labels("queue_full").inc()

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ..protocol import Answer, EarlyAnswer
+from ..protocol import Answer, EarlyAnswer, target_path
 from ..schemas import Error, Health, Readiness
 
 live = APIRouter(tags=["health"])
@@ -40,11 +40,13 @@ def early_liveness(app: FastAPI) -> EarlyAnswer:
     path = app.url_path_for("healthz").encode()
     alive = Answer(200, Health().model_dump())
     requests = app.state.metrics.requests
+    answered = {method.encode(): requests.labels("/healthz", method, "200") for method in ("GET", "HEAD")}
 
     def answer(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Answer | None:
-        if method not in (b"GET", b"HEAD") or target.split(b"?", 1)[0] != path:
+        counter = answered.get(method)
+        if counter is None or target_path(target) != path:
             return None
-        requests.labels("/healthz", method.decode(), "200").inc()
+        counter.inc()
         return alive
 
     return answer
