@@ -75,7 +75,9 @@ class CocoDetectionDataset(CocoDetection):
     ``target``: {"boxes": float32 (N, 4) [x1, y1, x2, y2] pixels, "labels": int64 (N,) 1..K,
     "image_id": int, "orig_size": (H, W)}. Crowd regions and boxes with a side <= 1 px after clamping to
     the image are left out; images without boxes stay in as negatives (boxes of shape (0, 4)).
-    ``train=True`` adds a random horizontal flip (probability ``hflip``, from torch's RNG).
+    ``train=True`` adds a random horizontal flip (probability ``hflip``, from torch's RNG) and, with probability
+    ``crop``, SSD's random crop (``v2.RandomIoUCrop``: at least 0.3 of each side, overlapping some box by a drawn
+    IoU; boxes whose centres leave it are dropped), which shows the same objects at other scales and contexts.
     ``categories`` defaults to the file's own categories; given (e.g. from a checkpoint), every annotated
     category id must be one of them.
     """
@@ -88,6 +90,7 @@ class CocoDetectionDataset(CocoDetection):
         train: bool,
         categories: CategoryMap | None = None,
         hflip: float = 0.5,
+        crop: float = 0.0,
     ) -> None:
         images_dir = Path(images_dir)
         if not images_dir.is_dir():
@@ -95,7 +98,11 @@ class CocoDetectionDataset(CocoDetection):
         # CocoDetection's own constructor would read the file through COCO(), which prints and fails with
         # bare KeyErrors; load it once here and set what that constructor sets.
         coco = load_coco(annotation_file)
-        steps = [v2.ToImage(), v2.RandomHorizontalFlip(hflip)] if train and hflip > 0 else [v2.ToImage()]
+        steps = [v2.ToImage()]
+        if train and crop > 0:
+            steps += [v2.RandomApply([v2.RandomIoUCrop()], p=crop), v2.SanitizeBoundingBoxes(min_size=MIN_BOX_SIDE)]
+        if train and hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(hflip))
         VisionDataset.__init__(self, images_dir, transforms=v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)]))
         self.coco = coco
         self.ids: list[int] = sorted(coco.imgs)
@@ -235,6 +242,51 @@ class GroupedBatchSampler(Sampler[list[int]]):
             self.sampler.set_epoch(epoch)
 
 
+def repeat_factors(dataset: CocoDetectionDataset, threshold: float) -> list[float]:
+    """How often each image is worth seeing in an epoch, for a set whose classes are long-tailed.
+
+    Repeat factor sampling (Gupta, Dollar and Girshick, LVIS, 2019): a class in a fraction ``f`` of the images
+    has ``max(1, sqrt(threshold / f))``, an image the largest of its classes' (1 with no boxes). Images with
+    classes rarer than ``threshold`` come back more often; the common classes are left as they are.
+    """
+    image_ids_of: dict[int, set[int]] = {}
+    for ann in dataset.coco.anns.values():
+        if not ann.get("iscrowd", 0) and not ann.get("ignore", False):
+            image_ids_of.setdefault(ann["category_id"], set()).add(ann["image_id"])
+    count = len(dataset.ids)
+    class_factor = {c: max(1.0, math.sqrt(threshold * count / len(ids))) for c, ids in image_ids_of.items()}
+    return [
+        max((class_factor.get(a["category_id"], 1.0) for a in dataset.coco.imgToAnns.get(i, [])), default=1.0)
+        for i in dataset.ids
+    ]
+
+
+class RepeatFactorSampler(Sampler[int]):
+    """A seeded per-epoch shuffle in which index ``i`` appears ``round(factors[i])`` times (at least once).
+
+    The counts are fixed, so every epoch has the same length (the schedule counts steps per epoch). Like
+    ``DistributedSampler``, every rank shuffles alike and takes every ``num_replicas``-th index of one
+    permutation, padded with its first indices to equal shares; call ``set_epoch`` before each epoch.
+    """
+
+    def __init__(self, factors: Sequence[float], *, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.indices = [i for i, factor in enumerate(factors) for _ in range(max(1, round(factor)))]
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = math.ceil(len(self.indices) / num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        order = order.tolist()
+        order += order[: self.num_samples * self.num_replicas - len(order)]
+        return iter([self.indices[k] for k in order[self.rank :: self.num_replicas]])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 def collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
     """Images differ in size, so a batch stays two lists: (images, targets)."""
     images, targets = zip(*batch, strict=True) if batch else ((), ())
@@ -250,20 +302,27 @@ def make_loader(
     distributed: bool = False,
     seed: int = 0,
     rank: int = 0,
+    repeat_threshold: float | None = None,
 ) -> DataLoader:
     """A DataLoader of (list of images, list of targets).
 
     Training: shuffled by ``seed`` and the epoch (a ``DistributedSampler``, over one replica unless
     ``distributed``) and batched by aspect-ratio group; call ``set_epoch(loader, epoch)`` before each epoch.
     The shuffle is the same on every rank (each takes its share of one permutation); the workers' random
-    flips are seeded by ``seed + rank``, so that ranks do not flip alike.
+    flips are seeded by ``seed + rank``, so that ranks do not flip alike. ``repeat_threshold`` shows images of
+    rare classes more often in an epoch (``repeat_factors``).
     Evaluation: in index order (``distributed``: each rank takes every world_size-th image, and
     ``DistributedSampler`` repeats a few images so the ranks get equal shares).
     """
     if train:
         # Not distributed: a one-replica DistributedSampler is simply a seeded, per-epoch shuffle.
         replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **replicas)
+        if repeat_threshold is None:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **replicas)
+        else:
+            if distributed:
+                replicas = {"num_replicas": torch.distributed.get_world_size(), "rank": torch.distributed.get_rank()}
+            sampler = RepeatFactorSampler(repeat_factors(dataset, repeat_threshold), seed=seed, **replicas)
         batch_sampler = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset.aspect_ratios()), batch_size)
     else:
         sampler = DistributedSampler(dataset, shuffle=False) if distributed else SequentialSampler(dataset)

@@ -76,6 +76,8 @@ def schedule_record(args: argparse.Namespace, *, iters_per_epoch: int, warmup_it
     record = {name: getattr(args, name) for name in SCHEDULE_ARGS[args.schedule]}
     if args.backbone_lr_factor != 1.0:  # recorded only when set, so older checkpoints still resume
         record["backbone_lr_factor"] = args.backbone_lr_factor
+    if args.repeat_threshold is not None:  # recorded only when set, as above
+        record["repeat_threshold"] = args.repeat_threshold
     peak = scaled_lr(args.lr, args.batch_size, dist.world())
     steps = {"iters_per_epoch": iters_per_epoch, "warmup_iters": warmup_iters}
     return record | steps | {"world_size": dist.world(), "peak_lr": peak}

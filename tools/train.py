@@ -136,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0: off)")
     opt.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     opt.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip in training")
+    opt.add_argument(
+        "--crop",
+        type=float,
+        default=0.0,
+        help="probability of SSD's random crop in training (the same objects at other scales and contexts)",
+    )
+    opt.add_argument(
+        "--repeat-threshold",
+        type=float,
+        metavar="T",
+        help="repeat factor sampling: an image whose rarest class is in a fraction f < T of the images is seen "
+        "round(sqrt(T / f)) times an epoch (LVIS's recipe for long-tailed sets; default: each image once)",
+    )
     run = p.add_argument_group("run")
     run.add_argument("--output-dir", type=Path, default=Path("runs/train"), help="where checkpoints and the log go")
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
@@ -155,8 +168,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "lr", "backbone_lr_factor"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.hflip <= 1:
-        p.error(f"--hflip is a probability in [0, 1], got {args.hflip}")
+    if args.repeat_threshold is not None and not 0 < args.repeat_threshold <= 1:
+        p.error(f"--repeat-threshold is a fraction of the images in (0, 1], got {args.repeat_threshold}")
+    for name in ("hflip", "crop"):
+        if not 0 <= getattr(args, name) <= 1:
+            p.error(f"--{name} is a probability in [0, 1], got {getattr(args, name)}")
     if (args.train_images is None) != (args.train_annotations is None):
         p.error("give --train-images and --train-annotations together")
     if (args.val_images is None) != (args.val_annotations is None):
@@ -214,7 +230,7 @@ def build_datasets(args: argparse.Namespace) -> tuple[CocoDetectionDataset, Coco
             )
         dist.barrier()
         train_ann = merged
-    train = CocoDetectionDataset(train_images, train_ann, train=True, hflip=args.hflip)
+    train = CocoDetectionDataset(train_images, train_ann, train=True, hflip=args.hflip, crop=args.crop)
     if args.val_images is not None:
         val_images, val_ann = args.val_images, args.val_annotations
     elif args.train_images is None:
@@ -254,6 +270,7 @@ def train(args: argparse.Namespace) -> int:
         distributed=dist.world() > 1,
         seed=args.seed,
         rank=dist.rank(),
+        repeat_threshold=args.repeat_threshold,
     )
     resume_path = args.output_dir / "last.pt"
     resume_state = _read_resume(resume_path, config) if args.resume else None

@@ -5,6 +5,8 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler
@@ -13,9 +15,11 @@ from detector.data import (
     CocoDetectionDataset,
     DatasetError,
     GroupedBatchSampler,
+    RepeatFactorSampler,
     aspect_ratio_groups,
     make_loader,
     missing_images,
+    repeat_factors,
     set_epoch,
 )
 
@@ -141,6 +145,32 @@ def test_no_flips_when_hflip_is_zero(coco128, eval_set):
         assert torch.equal(image, reference) and torch.equal(target["boxes"], ref_target["boxes"])
 
 
+def test_random_crop_is_a_window_of_the_image_with_its_boxes_shifted(coco128, eval_set):
+    train_set = CocoDetectionDataset(coco128 / "images", coco128 / "instances.json", train=True, hflip=0, crop=1.0)
+    index = eval_set.ids.index(650)
+    reference, ref_target = eval_set[index]
+    cropped = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        image, target = train_set[index]
+        height, width = image.shape[-2:]
+        # Where the window lies in the photo: the one place it matches exactly.
+        found = cv2.matchTemplate(reference.permute(1, 2, 0).numpy(), image.permute(1, 2, 0).numpy(), cv2.TM_SQDIFF)
+        top, left = np.unravel_index(found.argmin(), found.shape)
+        assert torch.equal(image, reference[:, top : top + height, left : left + width])
+        cropped += (height, width) != tuple(reference.shape[-2:])
+        boxes = target["boxes"]
+        assert len(boxes) > 0 and (boxes[:, 2:] - boxes[:, :2] > 1).all()
+        assert (boxes[:, 0::2] <= width).all() and (boxes[:, 1::2] <= height).all() and (boxes >= 0).all()
+        # Each box kept is an original box moved into the window and clipped to it, with its label.
+        moved = ref_target["boxes"] - torch.tensor([left, top, left, top], dtype=torch.float32)
+        moved[:, 0::2], moved[:, 1::2] = moved[:, 0::2].clamp(0, width), moved[:, 1::2].clamp(0, height)
+        for box, label in zip(boxes, target["labels"], strict=True):
+            same = (moved - box).abs().max(dim=1).values < 1e-3
+            assert same.any() and label in ref_target["labels"][same]
+    assert cropped >= 3  # RandomIoUCrop leaves the photo whole in one draw of six
+
+
 def _check_batches(batches, group_ids, batch_size):
     assert all(1 <= len(batch) <= batch_size for batch in batches)
     assert all(len(batch) == batch_size for batch in batches[:-1]), "only the last batch may be short"
@@ -196,6 +226,52 @@ def test_training_loader_groups_coco128_by_aspect_ratio(eval_set, instances):
     assert list(loader.batch_sampler) != first  # reshuffled per epoch
     set_epoch(loader, 0)
     assert list(loader.batch_sampler) == first  # and reproducibly
+
+
+def test_repeat_factors_follow_the_rarest_class_of_each_image(eval_set, instances):
+    images_of = defaultdict(set)
+    for a in instances["annotations"]:
+        if not a["iscrowd"]:
+            images_of[a["category_id"]].add(a["image_id"])
+    count = len(instances["images"])
+    classes_of = defaultdict(set)
+    for a in instances["annotations"]:
+        classes_of[a["image_id"]].add(a["category_id"])
+    factors = dict(zip(eval_set.ids, repeat_factors(eval_set, 0.1), strict=True))
+    for image_id, factor in factors.items():
+        rarest = min((len(images_of[c]) for c in classes_of[image_id] if images_of[c]), default=None)
+        want = 1.0 if rarest is None else max(1.0, (0.1 * count / rarest) ** 0.5)
+        assert factor == pytest.approx(want)
+    assert all(factors[i] == 1.0 for i in EMPTY_IDS)
+    # A class in one image of 128 is seen sqrt(12.8) times an epoch; person, in most images, only once.
+    person = next(c["id"] for c in instances["categories"] if c["name"] == "person")
+    assert len(images_of[person]) > 0.1 * count
+    assert max(factors.values()) == pytest.approx(12.8**0.5)
+
+
+def test_repeat_factor_sampler_repeats_shuffles_and_shares_between_ranks():
+    factors = [1.0, 2.6, 1.4, 3.0, 1.0]  # counts 1, 3, 1, 3, 1: 9 draws an epoch
+    whole = RepeatFactorSampler(factors, seed=4)
+    first = list(whole)
+    assert sorted(first) == [0, 1, 1, 1, 2, 3, 3, 3, 4] and len(whole) == 9
+    whole.set_epoch(1)
+    second = list(whole)
+    assert sorted(second) == sorted(first) and second != first
+    whole.set_epoch(0)
+    assert list(whole) == first
+    ranks = [RepeatFactorSampler(factors, num_replicas=2, rank=r, seed=4) for r in range(2)]
+    shares = [list(r) for r in ranks]
+    assert [len(s) for s in shares] == [5, 5] == [len(r) for r in ranks]  # 9 padded to 10
+    assert sorted(shares[0] + shares[1]) == sorted(first + first[:1])
+
+
+def test_training_loader_repeats_images_of_rare_classes(eval_set):
+    loader = make_loader(eval_set, batch_size=4, train=True, workers=0, seed=1, repeat_threshold=0.1)
+    set_epoch(loader, 0)
+    drawn = [i for batch in loader.batch_sampler for i in batch]
+    want = [max(1, round(f)) for f in repeat_factors(eval_set, 0.1)]
+    assert [drawn.count(i) for i in range(len(eval_set))] == want
+    assert len(drawn) > len(eval_set) and len(loader) == -(-len(drawn) // 4)
 
 
 def test_errors_name_the_path(tmp_path, coco128):

@@ -98,11 +98,15 @@ def test_log_and_checkpoints_are_written(tiny_set, tmp_path, capsys):
     assert final["config"]["min_size"] == 96
 
 
-def test_adamw_without_flips_trains_and_saves_its_state(tiny_set, tmp_path):
+def test_adamw_without_flips_with_repeats_trains_and_saves_its_state(tiny_set, tmp_path):
     out = tmp_path / "adamw"
-    assert main(_args(tiny_set, out, "--epochs", "1", "--optimizer", "adamw", "--lr", "1e-3", "--hflip", "0")) == 0
-    state = read_checkpoint(out / "last.pt")["training"]["optimizer"]["state"]
+    extra = ("--optimizer", "adamw", "--lr", "1e-3", "--hflip", "0", "--repeat-threshold", "0.9")
+    assert main(_args(tiny_set, out, "--epochs", "1", *extra)) == 0
+    training = read_checkpoint(out / "last.pt")["training"]
+    state = training["optimizer"]["state"]
     assert state and all({"exp_avg", "exp_avg_sq"} <= s.keys() for s in state.values())  # Adam's moments
+    # The repeats lengthen the epoch, so a resume must be given them again.
+    assert training["schedule"]["repeat_threshold"] == 0.9
 
 
 @pytest.mark.parametrize(
@@ -114,6 +118,8 @@ def test_adamw_without_flips_trains_and_saves_its_state(tiny_set, tmp_path):
         (["--set", "anchor_sizes=[[16, 32], [64], [128], [256]]"], "anchor_sizes needs the same number of sizes"),
         (["--train-images", "/nowhere"], "give --train-images and --train-annotations together"),
         (["--hflip", "1.5"], "--hflip is a probability in [0, 1]"),
+        (["--repeat-threshold", "0"], "--repeat-threshold is a fraction of the images in (0, 1]"),
+        (["--crop", "-0.1"], "--crop is a probability in [0, 1]"),
         (["--optimizer", "adam"], "invalid choice: 'adam'"),
         (["--time-budget", "5"], "--time-budget takes positive minutes and fits a cosine schedule"),
         (["--time-budget", "0", "--schedule", "cosine"], "--time-budget takes positive minutes"),
