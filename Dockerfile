@@ -53,13 +53,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     SERVICE_CHECKPOINT=/opt/shufflenet-detect/models/coco.onnx \
     SERVICE_HOST=0.0.0.0 \
-    SERVICE_PORT=8000
+    SERVICE_PORT=8000 \
+    SERVICE_PROBE_PORT=8001
 # Your own models: mount a folder at /models (`-v ./models:/models:ro`) and set SERVICE_CHECKPOINT=/models/<name>.onnx
 # (or .pt with a torch install). Not a VOLUME: that would leave an anonymous volume behind every `docker run`.
 USER 10001
 WORKDIR /tmp
 EXPOSE 8000
-# Healthy means ready (GET /readyz, with SERVICE_API_KEY if set): a container whose model never loaded is not.
+# Healthy means ready (GET /readyz): a container whose model never loaded is not. Asked on the probe port (8001,
+# bound to the container's own 127.0.0.1, not published), where a flood of clients on 8000 does not delay it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "/opt/shufflenet-detect/healthcheck.py"]
 CMD ["python3", "-m", "service"]

@@ -9,12 +9,15 @@ request, 19 MB of empty JPEG segments and of fill bytes, 30 connections that sen
 stall, heads that never end, a 1 MiB header and 5,000 header lines, 1 x 4000 and 4000 x 1 images, five concurrent
 19 MB multipart uploads, a malformed Basic header beside a good key (with ``--api-key``), and an overload of
 16-image requests. Meanwhile one client sends a normal one-image request (the bundled sample) every 0.25 s and
-another GETs /healthz every 0.1 s on a fresh connection; the server's resident memory (VmRSS) is sampled every 0.1 s.
+another GETs /healthz every 0.1 s on a fresh connection, on the service's port and, where the server has one, on its
+probe port (``--probe-port``; the server started here gets one); the server's resident memory (VmRSS) is sampled
+every 0.1 s.
 
 The JSON holds ``status_counts`` (attack responses by status; ``error:...`` for a dropped connection),
 ``by_attack``, ``responses_5xx`` (5xx answers other than 503 with Retry-After, the deliberate "busy, retry"; those
 are counted in ``responses_503``; ``responses_5xx_all`` counts every 5xx), ``peak_rss_mb``, ``healthz_p99_ms``,
-``healthz_p50_ms``, ``normal_p99_ms`` and the normal requests' statuses. Exit status 1 if the server died.
+``healthz_p50_ms``, ``probe_healthz_p99_ms`` and ``probe_healthz_p50_ms`` (the probe port's), ``normal_p99_ms``
+and the normal requests' statuses. Exit status 1 if the server died.
 """
 
 import argparse
@@ -32,6 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -267,22 +271,22 @@ def attack_plan(run: Run) -> list[tuple[str, Callable, tuple, int]]:
     return plan
 
 
-def watch(url: str, pid: int | None, duration: float, api_key: str | None, results) -> None:
+def watch(url: str, pid: int | None, probe_port: int | None, duration: float, api_key: str | None, results) -> None:
     """The normal client, the health probe and the memory sampler; in a process of their own, so that the attack
     threads' share of this interpreter's lock does not count as the server's latency."""
     run = Run(url, duration, api_key)
     sample = SAMPLE.read_bytes()
-    health, normal, rss = [], [], []
+    health, probe_health, normal, rss = [], [], [], []
     client = httpx.Client(timeout=60, headers=run.auth())
 
     def normal_request() -> int:
         return client.post(f"{url}/detect", content=sample, headers={"content-type": "image/jpeg"}).status_code
 
-    def probe() -> int:
+    def probe(port: int) -> int:
         # A fresh connection, as a health checker's, with the standard library's client: a new httpx client
         # builds a TLS context even for http (22 ms of this process's CPU on a quiet machine, several times
         # that under the attacks), which the probe would count as the server's latency.
-        connection = http.client.HTTPConnection(*run.address, timeout=30)
+        connection = http.client.HTTPConnection(run.address[0], port, timeout=30)
         try:
             connection.request("GET", "/healthz")
             return connection.getresponse().status
@@ -290,9 +294,11 @@ def watch(url: str, pid: int | None, duration: float, api_key: str | None, resul
             connection.close()
 
     threads = [
-        threading.Thread(target=timed_loop, args=(run, 0.1, probe, health)),
+        threading.Thread(target=timed_loop, args=(run, 0.1, partial(probe, run.address[1]), health)),
         threading.Thread(target=timed_loop, args=(run, 0.25, normal_request, normal)),
     ]
+    if probe_port is not None:
+        threads.append(threading.Thread(target=timed_loop, args=(run, 0.1, partial(probe, probe_port), probe_health)))
     if pid is not None:
         threads.append(threading.Thread(target=sample_memory, args=(run, pid, rss)))
     for thread in threads:
@@ -300,12 +306,13 @@ def watch(url: str, pid: int | None, duration: float, api_key: str | None, resul
     for thread in threads:
         thread.join()
     client.close()
-    results.put((health, normal, rss))
+    results.put((health, probe_health, normal, rss))
 
 
 def measure(
     url: str,
     pid: int | None,
+    probe_port: int | None,
     duration: float,
     api_key: str | None,
     only: list[str] | None = None,
@@ -313,7 +320,7 @@ def measure(
 ) -> dict:
     context = multiprocessing.get_context("fork")  # before any thread starts
     results = context.Queue()
-    watcher = context.Process(target=watch, args=(url, pid, duration, api_key, results))
+    watcher = context.Process(target=watch, args=(url, pid, probe_port, duration, api_key, results))
     watcher.start()
     # After the fork, so the normal client and the probe keep the server's priority; threads inherit it.
     os.nice(attacker_nice)
@@ -326,7 +333,7 @@ def measure(
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    health, normal, rss = results.get()
+    health, probe_health, normal, rss = results.get()
     watcher.join()
     for thread in threads:
         thread.join()
@@ -344,6 +351,15 @@ def measure(
         "healthz_p50_ms": round(percentile([s for s, _ in health], 50) * 1000, 1),
         "healthz_slowest_ms": [round(s * 1000, 1) for s in sorted(s for s, _ in health)[-5:]],
         "healthz_statuses": dict(Counter(str(status) for _, status in health)),
+        **(
+            {
+                "probe_healthz_p99_ms": round(percentile([s for s, _ in probe_health], 99) * 1000, 1),
+                "probe_healthz_p50_ms": round(percentile([s for s, _ in probe_health], 50) * 1000, 1),
+                "probe_healthz_statuses": dict(Counter(str(status) for _, status in probe_health)),
+            }
+            if probe_health
+            else {}
+        ),
         "normal_p99_ms": round(percentile([s for s, _ in normal], 99) * 1000, 1),
         "normal_p50_ms": round(percentile([s for s, _ in normal], 50) * 1000, 1),
         "normal_statuses": dict(Counter(str(status) for _, status in normal)),
@@ -351,11 +367,18 @@ def measure(
     }
 
 
-def start_server(checkpoint: str | None, extra: list[str], api_key: str | None) -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "service", "--port", str(port), "--no-access-log", *extra]
+        return s.getsockname()[1]
+
+
+def start_server(
+    checkpoint: str | None, extra: list[str], api_key: str | None, probe_port: int
+) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "service", "--port", str(port), "--probe-port", str(probe_port)]
+    command += ["--no-access-log", *extra]
     if checkpoint:
         command += ["--checkpoint", checkpoint]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")}
@@ -382,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server (default: start `python -m service` on a free port)")
     parser.add_argument("--server-pid", type=int, help="with --url: the server's process, for its memory")
+    parser.add_argument("--probe-port", type=int, help="with --url: the server's probe port, probed as well")
     parser.add_argument("--checkpoint", help="model for the server started here (default: the service's default)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the server started here")
     parser.add_argument("--api-key", default=os.environ.get("SERVICE_API_KEY"), help="the server's key, if any")
@@ -399,12 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     process = None
-    url, pid = args.url, args.server_pid
+    url, pid, probe_port = args.url, args.server_pid, args.probe_port
     if url is None:
-        process, url = start_server(args.checkpoint, args.server_arg, args.api_key)
+        probe_port = free_port()
+        process, url = start_server(args.checkpoint, args.server_arg, args.api_key, probe_port)
         pid = process.pid
     try:
-        report = measure(url, pid, args.duration, args.api_key, args.attacks, args.attacker_nice)
+        report = measure(url, pid, probe_port, args.duration, args.api_key, args.attacks, args.attacker_nice)
         alive = process is None or process.poll() is None
         try:
             report["healthz_after"] = httpx.get(f"{url}/healthz", timeout=10).status_code

@@ -16,6 +16,7 @@ from runtime import EngineError, load_engine
 from .app import create_app, lower_thread_priority
 from .logs import log_config
 from .memory import keep_large_blocks_out_of_heaps
+from .probes import ProbeServer
 from .protocol import HeadLimits, first_answer, guarded_http
 from .routes.detect import early_refusal
 from .routes.health import early_liveness
@@ -67,8 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"python -m service: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers, settings.read_timeout_s)
     app = create_app(settings, engine=engine)
+    probes = None
+    if settings.probe_port is not None:
+        try:
+            probes = ProbeServer(app, settings.probe_host, settings.probe_port)
+        except OSError as exc:  # as uvicorn ends for its own port: status 3
+            print(f"python -m service: probe port {settings.probe_port}: {exc.strerror or exc}", file=sys.stderr)
+            return 3
+        probes.start()
+    try:
+        _serve(app, settings, log_level=log_level, access_log=access_log)
+    finally:
+        if probes is not None:
+            probes.stop()
+    return 0
+
+
+def _serve(app, settings: Settings, *, log_level: str, access_log: bool) -> None:
+    head_limits = HeadLimits(settings.max_header_bytes, settings.max_headers, settings.read_timeout_s)
     uvicorn.run(
         app,
         host=settings.host,
@@ -83,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM: stop accepting, let accepted requests finish (they time out by themselves), then exit.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from .dependencies import require_api_key
 from .errors import UNAUTHORIZED, install_error_handlers
 from .memory import MemoryTrimmer
 from .metrics import MetricsMiddleware, ServiceMetrics
+from .probes import loop_heartbeat
 from .routes import detect, docs, health, metrics, model, page
 from .security import SecurityHeaders
 from .settings import Settings
@@ -59,6 +60,7 @@ def create_app(
     app.state.engine = engine
     app.state.batcher = None
     app.state.ready = False
+    app.state.heartbeat = None  # the event loop's last turn (time.monotonic()), once the lifespan runs
     app.state.budgets = Budgets(
         body_bytes=Budget("body_bytes", settings.body_budget_bytes),
         decode_pixels=Budget("decode_pixels", settings.decode_budget_pixels),
@@ -130,10 +132,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service_metrics.track_queue(lambda: batcher.depth)
     app.state.batcher = batcher
     warm_up = asyncio.create_task(_warm_up(app, inference), name="warm-up")
+    heartbeat = asyncio.create_task(loop_heartbeat(app), name="heartbeat")  # for the probe port's answers
     try:
         yield
     finally:
         app.state.ready = False
+        heartbeat.cancel()
         await batcher.stop()  # finishes every image already accepted
         await warm_up
         inference.shutdown(wait=True)

@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     engine: EngineName = Field("auto", description="torch, onnxruntime, openvino, or auto (onnxruntime for .onnx)")
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 to serve other machines")
     port: int = Field(8000, ge=1, le=65535)
+    probe_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="a second port where a thread of its own answers GET /healthz and /readyz (no key), so that "
+        "probes do not wait behind requests; for the orchestrator (default: none)",
+    )
+    probe_host: str = Field("127.0.0.1", description="address of the probe port; keep it private")
     threads: int = Field(  # (a lambda: pydantic would pass a one-parameter factory the other fields)
         default_factory=lambda: available_cpus(), ge=1, le=256, description="inference threads (default: CPUs allowed)"
     )
@@ -117,6 +125,12 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{budget} ({getattr(self, budget)}) must be at least {limit} ({getattr(self, limit)})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _probe_port_is_another(self) -> "Settings":
+        if self.probe_port == self.port:
+            raise ValueError(f"probe_port must differ from port ({self.port})")
         return self
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
 """``python -m service``: flags, environment variables, and settings checked before anything starts."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,16 @@ def test_a_misspelt_variable_stops_before_serving(captured, capsys, monkeypatch,
     assert main_module.main(["--checkpoint", str(checkpoint)]) == 2
     assert "SERVICE_QUEUE_SIZ (did you mean SERVICE_QUEUE_SIZE?)" in capsys.readouterr().err
     assert "settings" not in captured
+
+
+def test_a_probe_port_in_use_or_the_services_own_stops_before_serving(captured, capsys, checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main_module.main(["--checkpoint", str(checkpoint), "--probe-port", str(port)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"probe port {port}" in err and "in use" in err
+    assert "settings" not in captured  # uvicorn never started
+    assert main_module.main(["--checkpoint", str(checkpoint), "--port", "8123", "--probe-port", "8123"]) == 2
+    assert "probe_port must differ from port" in capsys.readouterr().err
