@@ -31,6 +31,8 @@ def test_the_image_installs_the_lock_and_keeps_no_volume():
     assert not re.search(r"^VOLUME", dockerfile, re.MULTILINE)
     healthcheck = dockerfile.split("HEALTHCHECK", 1)[1].split("\n\n", 1)[0]
     assert "healthcheck.py" in healthcheck and "/healthz" not in healthcheck
+    # The health check asks the probe port, which the image turns on but does not publish.
+    assert re.search(r"SERVICE_PROBE_PORT=8001\b", dockerfile) and not re.search(r"^EXPOSE .*8001", dockerfile, re.M)
 
 
 def test_the_lock_pins_every_serving_dependency_with_hashes():
