@@ -316,12 +316,14 @@ def make_loader(
     """
     if train:
         # Not distributed: a one-replica DistributedSampler is simply a seeded, per-epoch shuffle.
-        replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
+        replicas = (
+            {"num_replicas": torch.distributed.get_world_size(), "rank": torch.distributed.get_rank()}
+            if distributed
+            else {"num_replicas": 1, "rank": 0}
+        )
         if repeat_threshold is None:
             sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **replicas)
         else:
-            if distributed:
-                replicas = {"num_replicas": torch.distributed.get_world_size(), "rank": torch.distributed.get_rank()}
             sampler = RepeatFactorSampler(repeat_factors(dataset, repeat_threshold), seed=seed, **replicas)
         batch_sampler = GroupedBatchSampler(sampler, aspect_ratio_groups(dataset.aspect_ratios()), batch_size)
     else:
