@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint --failure-threshold error Dockerfile
 	$(COMPOSE) -f docker-compose.yml config --quiet
+	$(COMPOSE) -f docker-compose.yml -f deploy/compose-probe-port.yml config --quiet
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -35,6 +35,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "service" / "static" / "sample.jpg"
 IMAGE = "localhost/shufflenet-detect"
+PROBE_PORT = 8001  # the image's (SERVICE_PROBE_PORT)
 SOCKET = "/run/podman/smoke-test.sock"
 FAKE_CPUINFO = {"arm64": Path(__file__).resolve().parent / "qemu" / "cpuinfo-arm64"}
 # podman's configuration for these builds, as deploy/podman-setup.sh sets it: the host's /etc/containers is not used.
@@ -179,12 +180,15 @@ def check_compose(compose: str, hostile_s: float) -> dict:
     """``docker compose up`` through podman's socket (classic builder), on the amd64 image built above; then
     ``hostile_s`` seconds of bench/hostile.py against it, under compose's limits."""
     require_free_port(8000)
+    require_free_port(PROBE_PORT)
     run("podman", "tag", f"{IMAGE}:amd64", "shufflenet-detect:latest")
     Path(SOCKET).parent.mkdir(parents=True, exist_ok=True)
     service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{SOCKET}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "DOCKER_BUILDKIT": "0"}
-    compose_cmd = [compose, "-f", str(REPO / "docker-compose.yml"), "-p", "shufflenet-smoke"]
+    # The probe port published too, so that bench/hostile.py times the container's probes from here.
+    files = ["-f", str(REPO / "docker-compose.yml"), "-f", str(REPO / "deploy" / "compose-probe-port.yml")]
+    compose_cmd = [compose, *files, "-p", "shufflenet-smoke"]
     try:
         for _ in range(50):
             if Path(SOCKET).exists():
@@ -200,7 +204,7 @@ def check_compose(compose: str, hostile_s: float) -> dict:
         ready = wait_ready("http://127.0.0.1:8000", 300, name)
         body = detect("http://127.0.0.1:8000")
         report = {"ready_s": round(ready, 1), "detections": len(body["results"][0]["detections"])}
-        report["hostile"] = hostile("http://127.0.0.1:8000", require_running(name)["Pid"], hostile_s)
+        report["hostile"] = hostile("http://127.0.0.1:8000", PROBE_PORT, require_running(name)["Pid"], hostile_s)
         state = require_running(name)
         report["after_hostile"] = {key: state[key] for key in ("Status", "OOMKilled", "RestartCount")}
         ps = run(*compose_cmd, "ps", "--format", "json", env=env).stdout
@@ -220,10 +224,11 @@ def check_compose(compose: str, hostile_s: float) -> dict:
         service.wait(timeout=30)
 
 
-def hostile(url: str, pid: int, seconds: float) -> dict:
-    """bench/hostile.py against ``url`` (the container's process ``pid``, for its memory): its JSON report."""
-    out = run(sys.executable, str(REPO / "bench" / "hostile.py"), "--url", url, "--server-pid", str(pid),
-              "--duration", str(seconds), "--json", timeout=seconds + 300)  # fmt: skip
+def hostile(url: str, probe_port: int, pid: int, seconds: float) -> dict:
+    """bench/hostile.py against ``url`` and its ``probe_port`` (the container's process ``pid``, for its memory):
+    its JSON report."""
+    out = run(sys.executable, str(REPO / "bench" / "hostile.py"), "--url", url, "--probe-port", str(probe_port),
+              "--server-pid", str(pid), "--duration", str(seconds), "--json", timeout=seconds + 300)  # fmt: skip
     return json.loads(out.stdout)
 
 
