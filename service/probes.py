@@ -1,7 +1,7 @@
 """Health probes on a port and a thread of their own (``--probe-port``), for the orchestrator.
 
 On the service's port a probe waits its turn in the event loop like every request: under a flood of requests
-that are refused anyway, that turn comes after the refusals ahead of it (bench/hostile.py: /healthz p99 about
+that are refused anyway, that turn comes after the refusals ahead of it (bench/hostile.py: /healthz p99 100 to
 150 ms on 2 cores). Here a thread of its own answers GET or HEAD /healthz and /readyz on a second socket, so a
 probe waits for no request, only for the interpreter's lock.
 
