@@ -347,23 +347,21 @@ def measure(
         "responses_503": run.statuses.get("503", 0),
         "responses_5xx_all": five,
         "peak_rss_mb": round(max(rss), 1) if rss else None,
-        "healthz_p99_ms": round(percentile([s for s, _ in health], 99) * 1000, 1),
-        "healthz_p50_ms": round(percentile([s for s, _ in health], 50) * 1000, 1),
+        **timings("healthz", health),
         "healthz_slowest_ms": [round(s * 1000, 1) for s in sorted(s for s, _ in health)[-5:]],
-        "healthz_statuses": dict(Counter(str(status) for _, status in health)),
-        **(
-            {
-                "probe_healthz_p99_ms": round(percentile([s for s, _ in probe_health], 99) * 1000, 1),
-                "probe_healthz_p50_ms": round(percentile([s for s, _ in probe_health], 50) * 1000, 1),
-                "probe_healthz_statuses": dict(Counter(str(status) for _, status in probe_health)),
-            }
-            if probe_health
-            else {}
-        ),
-        "normal_p99_ms": round(percentile([s for s, _ in normal], 99) * 1000, 1),
-        "normal_p50_ms": round(percentile([s for s, _ in normal], 50) * 1000, 1),
-        "normal_statuses": dict(Counter(str(status) for _, status in normal)),
+        **(timings("probe_healthz", probe_health) if probe_health else {}),
+        **timings("normal", normal),
         "by_attack": {name: dict(sorted(counts.items())) for name, counts in sorted(run.by_attack.items())},
+    }
+
+
+def timings(name: str, samples: list[tuple[float, int | str]]) -> dict:
+    """p99 and p50 in ms, and the answers by status, of (seconds, status) samples, as ``name``_... keys."""
+    seconds = [s for s, _ in samples]
+    return {
+        f"{name}_p99_ms": round(percentile(seconds, 99) * 1000, 1),
+        f"{name}_p50_ms": round(percentile(seconds, 50) * 1000, 1),
+        f"{name}_statuses": dict(Counter(str(status) for _, status in samples)),
     }
 
 

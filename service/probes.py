@@ -20,6 +20,7 @@ from threading import Thread
 
 from fastapi import FastAPI
 
+from .routes.health import NOT_READY
 from .schemas import Health, Readiness
 from .security import SECURITY_HEADERS
 
@@ -48,7 +49,7 @@ def probe_answer(app: FastAPI, path: str) -> tuple[int, dict] | None:
     if path == "/healthz":
         return 200, Health().model_dump()
     if not app.state.ready:
-        return 503, {"detail": "the model is loading or warming up, or the service is shutting down"}
+        return 503, {"detail": NOT_READY}
     return 200, Readiness().model_dump()
 
 
@@ -65,7 +66,13 @@ class _ProbeHandler(BaseHTTPRequestHandler):
 
     def _answer(self, *, body: bool) -> None:
         found = probe_answer(self.server.app, self.path.split("?", 1)[0])
-        status, payload = found if found is not None else (404, {"detail": "Not Found"})
+        self._send_json(*(found if found is not None else (404, {"detail": "Not Found"})), body=body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The standard library's own errors (a bad request line, another method) as JSON, like the service's.
+        self._send_json(code, {"detail": message or HTTPStatus(code).phrase}, body=self.command != "HEAD")
+
+    def _send_json(self, status: int, payload: dict, *, body: bool) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         for name, value in SECURITY_HEADERS.items():
@@ -74,16 +81,6 @@ class _ProbeHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if body:
-            self.wfile.write(data)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # The standard library's own errors (a bad request line, another method) as JSON, like the service's.
-        data = json.dumps({"detail": message or HTTPStatus(code).phrase}).encode()
-        self.send_response(code, message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
             self.wfile.write(data)
 
     def log_message(self, format: str, *args) -> None:

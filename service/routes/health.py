@@ -6,6 +6,8 @@ from fastapi.responses import JSONResponse
 from ..protocol import Answer, EarlyAnswer, target_path
 from ..schemas import Error, Health, Readiness
 
+NOT_READY = "the model is loading or warming up, or the service is shutting down"
+
 live = APIRouter(tags=["health"])
 ready = APIRouter(tags=["health"])
 
@@ -26,7 +28,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> Readiness | JSONResponse:
     if not request.app.state.ready:
         return JSONResponse(
-            {"detail": "the model is loading or warming up, or the service is shutting down"},
+            {"detail": NOT_READY},
             status_code=503,
             headers={"Retry-After": "1"},
         )

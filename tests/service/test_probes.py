@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from urllib.parse import urlparse
 
 import pytest
 
@@ -37,8 +38,7 @@ def test_the_probe_port_answers_as_the_service_does(probed):
     live, port = probed
     for path in ("/healthz", "/readyz"):
         status, headers, body = _get(port, path)
-        main = live.url.rsplit(":", 1)[1]
-        assert (status, json.loads(body)) == (200, json.loads(_get(int(main), path)[2]))
+        assert (status, json.loads(body)) == (200, json.loads(_get(urlparse(live.url).port, path)[2]))
         assert headers["content-type"] == "application/json"
         assert all(headers[name.lower()] == value for name, value in SECURITY_HEADERS.items())
         status, headers, body = _get(port, path + "?verbose=1", "HEAD")
