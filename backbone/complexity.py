@@ -58,8 +58,10 @@ def count_params(model: nn.Module) -> int:
 def backbone_complexity(name: str, size: int = 224) -> dict:
     """One row of the table: the classifier (with FC) at ``size`` x ``size``, batch 1."""
     spec = BACKBONES[name]
-    model = create_backbone(name).eval()
-    x = torch.zeros(1, 3, size, size)
+    # On the meta device: shapes without arithmetic or weight init, which is all a count needs.
+    with torch.device("meta"):
+        model = create_backbone(name).eval()
+    x = torch.zeros(1, 3, size, size, device="meta")
     macs = count_macs(model, lambda: model(x))
     return {
         "name": name,

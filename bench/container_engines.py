@@ -58,12 +58,14 @@ def load(port: int, pid: int, concurrency: int, duration: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", default="localhost/shufflenet-detect:amd64")
+    parser.add_argument(
+        "--image", default="localhost/shufflenet-detect:amd64", help="image (default localhost/shufflenet-detect:amd64)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two engines (default 2)")
     parser.add_argument("--duration", type=float, default=60, help="seconds of load per run (default 60)")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="clients in flight (default 8)")
     parser.add_argument("--threads", type=int, help="SERVICE_THREADS for both (default: the service's own)")
-    parser.add_argument("--port", type=int, default=18090)
+    parser.add_argument("--port", type=int, default=18090, help="host port for the container (default 18090)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
     args = parser.parse_args(argv)
     if not (Path(sysconfig.get_paths()["purelib"]) / "torch").is_dir():

@@ -32,6 +32,7 @@ from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, 
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from backbone.cli import HelpFormatter  # noqa: E402
 from detector import CONFIGS, DEFAULT_EXPORT, Category, CategoryMap, Detector, get_config  # noqa: E402
 from detector.nanodet import NanoDetM  # noqa: E402
 from runtime.openvino import OpenVinoEngine  # noqa: E402
@@ -141,11 +142,13 @@ def engine_rows(args: argparse.Namespace, nanodet: NanoDetM, one_shape: bool) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Images/s of the shipped model and its peers (see module doc).")
+    parser = argparse.ArgumentParser(
+        description="Images/s of the shipped model and its peers (see module doc).", formatter_class=HelpFormatter
+    )
     parser.add_argument("--config", default=SHIPPED_CONFIG, choices=sorted(CONFIGS), help="our model in PyTorch")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch, ONNX Runtime and OpenVINO threads")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model and batch size")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per call")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--nchw", action="store_true", help="time every model in NCHW instead of channels_last")
     parser.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the slow paper config")
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--openvino-shapes",
         type=int,
         default=4,
-        help="input shapes that get a graph of their own in our OpenVINO engine (runtime.openvino; default 4)",
+        help="input shapes that get a graph of their own in our OpenVINO engine (runtime.openvino)",
     )
     parser.add_argument(
         "--variant",

@@ -235,12 +235,16 @@ def hostile(url: str, probe_port: int, pid: int, seconds: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--platform", nargs="+", default=["linux/amd64", "linux/arm64"],
-                        choices=["linux/amd64", "linux/arm64"])  # fmt: skip
+                        choices=["linux/amd64", "linux/arm64"], help="images to check (default both)")  # fmt: skip
     parser.add_argument("--compose", action="store_true", help="also run docker compose up through podman")
     parser.add_argument("--no-build", dest="build", action="store_false", help="use the images built before")
-    parser.add_argument("--port", type=int, default=18080, help="first host port for the containers")
-    parser.add_argument("--hostile-s", type=float, default=60, help="seconds of bench/hostile.py against compose")
-    parser.add_argument("--output", type=Path, default=REPO / "runs" / "docker-test.json")
+    parser.add_argument("--port", type=int, default=18080, help="first host port for the containers (default 18080)")
+    parser.add_argument(
+        "--hostile-s", type=float, default=60, help="seconds of bench/hostile.py under compose (default 60)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "runs" / "docker-test.json", help="report (default runs/docker-test.json)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("CONTAINERS_CONF", str(CONTAINERS / "containers.conf"))
     os.environ.setdefault("CONTAINERS_STORAGE_CONF", str(CONTAINERS / "storage.conf"))

@@ -47,3 +47,18 @@ def test_help_shows_every_default(module):
 def test_commands_that_compute_take_threads(module):
     options = {s for action in importlib.import_module(module).build_parser()._actions for s in action.option_strings}
     assert ("--threads" in options) == COMMANDS[module]
+
+
+def test_flags_show_no_default():
+    import argparse
+
+    from backbone.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    parser.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the paper config")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds")
+    blocks = {option: " ".join(text.split()) for option, text in _help_blocks(parser).items()}
+    assert blocks["--no-paper"] == "--no-paper leave out the paper config"  # not "(default: True)"
+    assert blocks["--json"] == "--json print JSON"
+    assert blocks["--rounds"] == "--rounds ROUNDS timed rounds (default: 7)"

@@ -26,7 +26,12 @@ IMAGES = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--coco128", type=Path, default=HERE.parents[2] / "shared" / "data" / "coco128")
+    parser.add_argument(
+        "--coco128",
+        type=Path,
+        default=HERE.parents[2] / "shared" / "data" / "coco128",
+        help="coco128's folder (default ../shared/data/coco128 beside the repo)",
+    )
     args = parser.parse_args()
     source = json.loads((args.coco128 / "instances.json").read_text())
     images = [im for im in source["images"] if im["file_name"] in IMAGES]
