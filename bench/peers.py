@@ -16,6 +16,7 @@ medians reported:
   commonest size, 640x480, as a camera's frames share one shape (``ratio_vs_nanodet_m_one_shape``).
 
     python bench/peers.py [--threads 2] [--rounds 7] [--json] [--variant 'neck_channels=64;box_head_width=128']
+    python bench/peers.py --no-torchvision    # only the engine comparison with NanoDet-m
 """
 
 import argparse
@@ -141,41 +142,9 @@ def engine_rows(args: argparse.Namespace, nanodet: NanoDetM, one_shape: bool) ->
     return rows, shapes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Images/s of the shipped model and its peers (see module doc).", formatter_class=HelpFormatter
-    )
-    parser.add_argument("--config", default=SHIPPED_CONFIG, choices=sorted(CONFIGS), help="our model in PyTorch")
-    parser.add_argument("--threads", type=int, default=2, help="torch, ONNX Runtime and OpenVINO threads")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model and batch size")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per call")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--nchw", action="store_true", help="time every model in NCHW instead of channels_last")
-    parser.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the slow paper config")
-    parser.add_argument("--export", type=Path, default=DEFAULT_EXPORT, help="our export against NanoDet-m")
-    parser.add_argument("--nanodet", type=Path, default=NANODET_IR, help="NanoDet-m's OpenVINO IR (.xml)")
-    parser.add_argument("--images", type=Path, default=COCO128_IMAGES, help="JPEGs for the NanoDet-m comparison")
-    parser.add_argument("--no-nanodet", dest="nanodet_peer", action="store_false", help="skip NanoDet-m")
-    parser.add_argument(
-        "--openvino-shapes",
-        type=int,
-        default=4,
-        help="input shapes that get a graph of their own in our OpenVINO engine (runtime.openvino)",
-    )
-    parser.add_argument(
-        "--variant",
-        type=parse_variant,
-        action="append",
-        default=[],
-        metavar="FIELD=JSON;...",
-        help="also time our config with these fields changed (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        models = {name: m.eval() for name, m in build_models(args.config, args.variant).items()}
-    except ValueError as exc:  # an unknown field or a value that does not build
-        parser.error(str(exc))
+def torch_section(args: argparse.Namespace, models: dict[str, torch.nn.Module]) -> tuple[list[dict], dict]:
+    """Images/s in PyTorch of our config and torchvision's mobile detectors, interleaved rounds; and our
+    config's ratio to each of those peers per batch size."""
     if not args.paper:
         del models["ours:paper_1x_g3_600"]
     if not args.nchw:  # every model in the layout our checkpoints are served in (Detector.channels_last)
@@ -200,9 +169,64 @@ def main(argv: list[str] | None = None) -> int:
         peer: {b: rate[(ours, b)] / rate[(peer, b)] for b in args.batch_sizes}
         for peer in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
     }
-    input_shapes = {}
+    return rows, ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Images/s of the shipped model and its peers (see module doc).", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--config", default=SHIPPED_CONFIG, choices=sorted(CONFIGS), help="our model in PyTorch")
+    parser.add_argument("--threads", type=int, default=2, help="torch, ONNX Runtime and OpenVINO threads")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model and batch size")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per call")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--nchw", action="store_true", help="time every model in NCHW instead of channels_last")
+    parser.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the slow paper config")
+    parser.add_argument("--export", type=Path, default=DEFAULT_EXPORT, help="our export against NanoDet-m")
+    parser.add_argument("--nanodet", type=Path, default=NANODET_IR, help="NanoDet-m's OpenVINO IR (.xml)")
+    parser.add_argument("--images", type=Path, default=COCO128_IMAGES, help="JPEGs for the NanoDet-m comparison")
+    parser.add_argument("--no-nanodet", dest="nanodet_peer", action="store_false", help="skip NanoDet-m")
+    parser.add_argument(
+        "--no-torchvision",
+        dest="torchvision_peers",
+        action="store_false",
+        help="skip the PyTorch comparison with torchvision's detectors",
+    )
+    parser.add_argument(
+        "--openvino-shapes",
+        type=int,
+        default=4,
+        help="input shapes that get a graph of their own in our OpenVINO engine (runtime.openvino)",
+    )
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="FIELD=JSON;...",
+        help="also time our config with these fields changed (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    if not (args.torchvision_peers or args.nanodet_peer):
+        parser.error("--no-torchvision and --no-nanodet leave nothing to time")
+    torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    ratios: dict[str, dict[int, float]] = {}
+    report: dict = {"threads": args.threads, "layout": "NCHW" if args.nchw else "channels_last", "rounds": args.rounds}
+    if args.torchvision_peers:
+        try:
+            models = {name: m.eval() for name, m in build_models(args.config, args.variant).items()}
+        except ValueError as exc:  # an unknown field or a value that does not build
+            parser.error(str(exc))
+        torch_rows, torch_ratios = torch_section(args, models)
+        rows += torch_rows
+        ratios |= torch_ratios
+        for peer in torch_ratios:
+            report[f"ratio_vs_{peer}"] = round(min(torch_ratios[peer].values()), 3)
     if args.nanodet_peer:
         nanodet = NanoDetM(args.nanodet, threads=args.threads)
+        input_shapes = {}
         for one_shape in (False, True):
             engine, shapes = engine_rows(args, nanodet, one_shape)
             rate_on = {(r["model"].startswith("ours"), r["batch"]): r["images_per_s"] for r in engine}
@@ -210,24 +234,16 @@ def main(argv: list[str] | None = None) -> int:
             ratios[peer] = {b: rate_on[(True, b)] / rate_on[(False, b)] for b in args.batch_sizes}
             input_shapes[peer] = shapes
             rows += engine
-    report = {
-        "threads": args.threads,
-        "layout": "NCHW" if args.nchw else "channels_last",
-        "rounds": args.rounds,
+            report[f"ratio_vs_{peer}"] = round(min(ratios[peer].values()), 3)
+        report["openvino_input_shapes"] = input_shapes
+    report |= {
         "input": "torch: 480x640 images, each model's own resize (short side 320; paper config 600); "
         "openvino: coco128 JPEGs decoded beforehand (the first 16, and the first 16 of its commonest size), "
         "each model's own preprocessing and postprocessing",
         "rows": rows,
         "ratios": {peer: {str(b): round(r, 3) for b, r in by_batch.items()} for peer, by_batch in ratios.items()},
-        "ratio_vs_fasterrcnn_mobilenet_v3_large_320_fpn": round(
-            min(ratios["fasterrcnn_mobilenet_v3_large_320_fpn"].values()), 3
-        ),
-        "ratio_vs_ssdlite320_mobilenet_v3_large": round(min(ratios["ssdlite320_mobilenet_v3_large"].values()), 3),
     }
-    if "nanodet_m" in ratios:
-        report["ratio_vs_nanodet_m"] = round(min(ratios["nanodet_m"].values()), 3)
-        report["ratio_vs_nanodet_m_one_shape"] = round(min(ratios["nanodet_m_one_shape"].values()), 3)
-        report["openvino_input_shapes"] = input_shapes
+    ours = f"ours:{args.config}"
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -56,6 +56,7 @@ def test_nanodet_m_on_the_same_engine(peers, capsys, nanodet_ir, coco128):
         "1",
         "--openvino-shapes",
         "1",
+        "--no-torchvision",  # the PyTorch section is the test above
     ]
     argv += ["--export", str(peers.REPO / "models" / "demo.onnx"), "--images", str(coco128 / "images")]
     assert peers.main(argv) == 0
@@ -68,6 +69,8 @@ def test_nanodet_m_on_the_same_engine(peers, capsys, nanodet_ir, coco128):
         for batch in (1, 2)
     )
     assert report["ratio_vs_nanodet_m"] == min(report["ratios"]["nanodet_m"].values()) > 0
+    assert set(report["ratios"]) == {"nanodet_m", "nanodet_m_one_shape"}
+    assert {r["model"] for r in report["rows"]} == {r["model"] for r in engine_rows}
     assert report["ratio_vs_nanodet_m_one_shape"] == min(report["ratios"]["nanodet_m_one_shape"].values()) > 0
     # coco128's first 4 photos have 4 input shapes, each seen twice in the warm-up (one may have its own graph);
     # then 4 photos of one shape.
@@ -75,3 +78,10 @@ def test_nanodet_m_on_the_same_engine(peers, capsys, nanodet_ir, coco128):
         "nanodet_m": {"distinct": 4, "with_own_graph": 1},
         "nanodet_m_one_shape": {"distinct": 1, "with_own_graph": 1},
     }
+
+
+def test_skipping_both_comparisons_is_a_usage_error(peers, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        peers.main(["--no-torchvision", "--no-nanodet"])
+    assert exit_info.value.code == 2
+    assert "leave nothing to time" in capsys.readouterr().err
