@@ -231,8 +231,8 @@ CONFIGS["edge_large"] = DetectorConfig(
 # none of it trains), distilled from NanoDet-m on COCO val2017 person images (README, "The COCO model").
 # NanoDet's normalisation, in RGB order and 0..1 scale, since its first conv learnt on it. It trains at short side
 # 320 (long side up to 544) and detects at NanoDet-m's own scale, long side 320, from 50 proposals: on coco128
-# that scored AP 0.167 against 0.161 at the training scale with 100, in 0.38x the time; trained at long side 320
-# it scored 0.151 (docs/coco-model.md).
+# that scored AP 0.167 against 0.161 at the training scale with 100 (weights of the first, 14-epoch recipe), in
+# 0.38x the time; trained at long side 320 it scored 0.151 (docs/coco-model.md).
 NANODET_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
 NANODET_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
 CONFIGS["coco_edge"] = DetectorConfig(

@@ -55,12 +55,17 @@ def test_export_carries_the_card_and_detects_the_same(coco_model):
 
 
 def test_finds_real_objects_on_the_bundled_photos(coco_model):
-    # Every bundled photo with a person in its official annotations gets a person at score >= 0.5, but for the
-    # page's sample (471): its one person, 16 x 45 px beside the bus, scores 0.16 at the test input (long side
-    # 320, NanoDet-m's scale; 0.67 at the training scale, docs/coco-model.md). Its bus must be found instead.
+    # At score >= 0.5: every bundled photo's person that is not small (COCO's small: under 32 x 32 px), the
+    # large animal or vehicle of the photos with one, and the page's sample's bus (471). Small persons, the
+    # model's weak point, are not asked for: 149's crowd is 5-15 px wide, 471's one person 16 x 45 px (0.26 at
+    # the test input, long side 320, NanoDet-m's scale).
     annotations = json.loads((REPO / "data" / "sample" / "instances.json").read_text())
-    with_person = {a["image_id"] for a in annotations["annotations"] if a["category_id"] == 1 and not a["iscrowd"]}
-    expected = {image_id: "person" for image_id in with_person} | {SAMPLE_ID: "bus"}
+    with_person = {
+        a["image_id"]
+        for a in annotations["annotations"]
+        if a["category_id"] == 1 and not a["iscrowd"] and a["area"] >= 32 * 32
+    }
+    expected = {image_id: "person" for image_id in with_person} | {42: "dog", 81: "airplane", SAMPLE_ID: "bus"}
     engine = load_engine(DEFAULT_EXPORT, "onnxruntime")
     config = engine.card.config
     checked = 0
@@ -73,7 +78,7 @@ def test_finds_real_objects_on_the_bundled_photos(coco_model):
         names = {engine.card.categories.name(int(label)) for label in labels}
         assert expected[image["id"]] in names, (image["file_name"], names)
         checked += 1
-    assert checked >= 3
+    assert checked == 4
 
 
 @pytest.mark.slow
