@@ -22,6 +22,7 @@ from torchvision.datasets import CocoDetection
 from torchvision.datasets.vision import VisionDataset
 from torchvision.transforms import v2
 
+from . import distributed as dist
 from .categories import CategoryMap
 
 MIN_BOX_SIDE = 1.0  # boxes no wider or taller than this (in pixels, after clamping) are dropped
@@ -317,9 +318,7 @@ def make_loader(
     if train:
         # Not distributed: a one-replica DistributedSampler is simply a seeded, per-epoch shuffle.
         replicas = (
-            {"num_replicas": torch.distributed.get_world_size(), "rank": torch.distributed.get_rank()}
-            if distributed
-            else {"num_replicas": 1, "rank": 0}
+            {"num_replicas": dist.world(), "rank": dist.rank()} if distributed else {"num_replicas": 1, "rank": 0}
         )
         if repeat_threshold is None:
             sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **replicas)

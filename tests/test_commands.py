@@ -30,7 +30,7 @@ def _help_blocks(parser) -> dict[str, str]:
             blocks[current] += " " + stripped
         else:
             current = None
-    return blocks
+    return {option: " ".join(text.split()) for option, text in blocks.items()}
 
 
 @pytest.mark.parametrize("module", sorted(COMMANDS))
@@ -58,7 +58,7 @@ def test_flags_show_no_default():
     parser.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the paper config")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds")
-    blocks = {option: " ".join(text.split()) for option, text in _help_blocks(parser).items()}
+    blocks = _help_blocks(parser)
     assert blocks["--no-paper"] == "--no-paper leave out the paper config"  # not "(default: True)"
     assert blocks["--json"] == "--json print JSON"
     assert blocks["--rounds"] == "--rounds ROUNDS timed rounds (default: 7)"
