@@ -29,6 +29,9 @@ MIN_BOX_SIDE = 1.0  # boxes no wider or taller than this (in pixels, after clamp
 # The label of a region to ignore in training (an annotation with "ignore": true, such as a teacher's unsure
 # detection): torchvision's RoI sampler takes a proposal matched to it as neither an object nor background.
 IGNORE_LABEL = -1
+# How far SSD's zoom-out may shrink a photo: onto a canvas up to this many times its sides. SSD goes to 4 at
+# 300 px; at a 320 px training scale that leaves most COCO objects a few pixels wide, so this stops at 2.
+ZOOM_OUT_MAX = 2.0
 
 
 class DatasetError(ValueError):
@@ -79,6 +82,9 @@ class CocoDetectionDataset(CocoDetection):
     ``train=True`` adds a random horizontal flip (probability ``hflip``, from torch's RNG) and, with probability
     ``crop``, SSD's random crop (``v2.RandomIoUCrop``: at least 0.3 of each side, overlapping some box by a drawn
     IoU; boxes whose centres leave it are dropped), which shows the same objects at other scales and contexts.
+    ``zoom_out``, applied before the crop, is the probability of SSD's zoom-out (``v2.RandomZoomOut``): the photo
+    placed at random on a canvas up to ``ZOOM_OUT_MAX`` times its sides, filled with ``fill`` (RGB in 0..1: the
+    model's normalisation mean, which normalises to zero), so objects are seen smaller than the photo has them.
     ``categories`` defaults to the file's own categories; given (e.g. from a checkpoint), every annotated
     category id must be one of them.
     """
@@ -92,6 +98,8 @@ class CocoDetectionDataset(CocoDetection):
         categories: CategoryMap | None = None,
         hflip: float = 0.5,
         crop: float = 0.0,
+        zoom_out: float = 0.0,
+        fill: tuple[float, float, float] = (0.5, 0.5, 0.5),
     ) -> None:
         images_dir = Path(images_dir)
         if not images_dir.is_dir():
@@ -100,6 +108,9 @@ class CocoDetectionDataset(CocoDetection):
         # bare KeyErrors; load it once here and set what that constructor sets.
         coco = load_coco(annotation_file)
         steps = [v2.ToImage()]
+        if train and zoom_out > 0:  # on uint8 pixels, so the fill is in 0..255
+            canvas = [round(255 * c) for c in fill]
+            steps.append(v2.RandomZoomOut(fill=canvas, side_range=(1.0, ZOOM_OUT_MAX), p=zoom_out))
         if train and crop > 0:
             steps += [v2.RandomApply([v2.RandomIoUCrop()], p=crop), v2.SanitizeBoundingBoxes(min_size=MIN_BOX_SIDE)]
         if train and hflip > 0:

@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability of SSD's random crop in training (the same objects at other scales and contexts)",
     )
     opt.add_argument(
+        "--zoom-out",
+        type=float,
+        default=0.0,
+        help="probability of SSD's zoom-out in training, before the crop (the photo on a canvas up to "
+        "2x its sides, filled with the normalisation mean: objects seen smaller)",
+    )
+    opt.add_argument(
         "--repeat-threshold",
         type=float,
         metavar="T",
@@ -170,9 +177,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.repeat_threshold is not None and not 0 < args.repeat_threshold <= 1:
         p.error(f"--repeat-threshold is a fraction of the images in (0, 1], got {args.repeat_threshold}")
-    for name in ("hflip", "crop"):
+    for name in ("hflip", "crop", "zoom_out"):
         if not 0 <= getattr(args, name) <= 1:
-            p.error(f"--{name} is a probability in [0, 1], got {getattr(args, name)}")
+            p.error(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(args, name)}")
     if (args.train_images is None) != (args.train_annotations is None):
         p.error("give --train-images and --train-annotations together")
     if (args.val_images is None) != (args.val_annotations is None):
@@ -230,7 +237,15 @@ def build_datasets(args: argparse.Namespace) -> tuple[CocoDetectionDataset, Coco
             )
         dist.barrier()
         train_ann = merged
-    train = CocoDetectionDataset(train_images, train_ann, train=True, hflip=args.hflip, crop=args.crop)
+    train = CocoDetectionDataset(
+        train_images,
+        train_ann,
+        train=True,
+        hflip=args.hflip,
+        crop=args.crop,
+        zoom_out=args.zoom_out,
+        fill=args.model_config.image_mean,
+    )
     if args.val_images is not None:
         val_images, val_ann = args.val_images, args.val_annotations
     elif args.train_images is None:

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DistributedSampler, RandomSampler
 
 from detector.data import (
+    ZOOM_OUT_MAX,
     CocoDetectionDataset,
     DatasetError,
     GroupedBatchSampler,
@@ -169,6 +170,35 @@ def test_random_crop_is_a_window_of_the_image_with_its_boxes_shifted(coco128, ev
             same = (moved - box).abs().max(dim=1).values < 1e-3
             assert same.any() and label in ref_target["labels"][same]
     assert cropped >= 3  # RandomIoUCrop leaves the photo whole in one draw of six
+
+
+def test_zoom_out_puts_the_photo_on_a_canvas_of_the_mean_with_its_boxes_shifted(coco128, eval_set):
+    mean = (0.2, 0.4, 0.6)
+    train_set = CocoDetectionDataset(
+        coco128 / "images", coco128 / "instances.json", train=True, hflip=0, zoom_out=1.0, fill=mean
+    )
+    index = eval_set.ids.index(650)
+    reference, ref_target = eval_set[index]
+    height, width = reference.shape[-2:]
+    sides = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        image, target = train_set[index]
+        canvas_h, canvas_w = image.shape[-2:]
+        assert height <= canvas_h <= ZOOM_OUT_MAX * height and width <= canvas_w <= ZOOM_OUT_MAX * width
+        sides.add(canvas_h / height)
+        found = cv2.matchTemplate(image.permute(1, 2, 0).numpy(), reference.permute(1, 2, 0).numpy(), cv2.TM_SQDIFF)
+        top, left = np.unravel_index(found.argmin(), found.shape)
+        assert torch.equal(image[:, top : top + height, left : left + width], reference)
+        # Everywhere else is the fill, as uint8 levels; the boxes moved with the photo, all kept, labels alike.
+        outside = torch.ones(canvas_h, canvas_w, dtype=torch.bool)
+        outside[top : top + height, left : left + width] = False
+        levels = torch.tensor([round(255 * c) for c in mean], dtype=torch.float32)
+        assert torch.equal((255 * image[:, outside]).round(), levels[:, None].expand(3, int(outside.sum())))
+        shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+        assert torch.allclose(target["boxes"], ref_target["boxes"] + shift)
+        assert torch.equal(target["labels"], ref_target["labels"])
+    assert len(sides) == 6 and max(sides) > 1.2  # drawn anew each time, up to twice the sides
 
 
 def _check_batches(batches, group_ids, batch_size):

@@ -120,6 +120,7 @@ def test_adamw_without_flips_with_repeats_trains_and_saves_its_state(tiny_set, t
         (["--hflip", "1.5"], "--hflip is a probability in [0, 1]"),
         (["--repeat-threshold", "0"], "--repeat-threshold is a fraction of the images in (0, 1]"),
         (["--crop", "-0.1"], "--crop is a probability in [0, 1]"),
+        (["--zoom-out", "2"], "--zoom-out is a probability in [0, 1]"),
         (["--optimizer", "adam"], "invalid choice: 'adam'"),
         (["--time-budget", "5"], "--time-budget takes positive minutes and fits a cosine schedule"),
         (["--time-budget", "0", "--schedule", "cosine"], "--time-budget takes positive minutes"),
