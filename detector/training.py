@@ -7,6 +7,7 @@ as if never stopped) and the arguments that place each step on the schedule, che
 """
 
 import argparse
+import copy
 import math
 import time
 
@@ -166,7 +167,40 @@ def restore(training: dict, optimizer, scheduler, scaler, device: torch.device) 
     return notes
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters, device, args, log) -> None:
+class WeightAverage:
+    """An exponential moving average of a network's weights, updated after every optimizer step (the "model EMA"
+    of YOLOX and NanoDet): it evens out the noise of the last steps, so it is evaluated and shipped in their
+    place. The decay ramps up from 0 (``decay * (1 - exp(-updates / ramp))``) so the first steps' random head does
+    not linger in the average; YOLOX ramps over 2,000 steps of runs of 100,000s, a run here has a few thousand, so
+    the default ramp is 200 (the full decay, to 0.1%, after 1,400 steps). Buffers that are not floats (counters) are copied, not averaged. ``network`` is the
+    one being trained (not its DistributedDataParallel wrapper); the average is a copy of it."""
+
+    def __init__(self, network: nn.Module, decay: float, ramp: int = 200) -> None:
+        self.source = network
+        self.network = copy.deepcopy(network).eval().requires_grad_(False)
+        self.decay, self.ramp, self.updates = decay, ramp, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = self.decay * (1 - math.exp(-self.updates / self.ramp))
+        current = self.source.state_dict()
+        for name, average in self.network.state_dict().items():
+            if average.dtype.is_floating_point:
+                average.lerp_(current[name].detach(), 1 - decay)
+            else:
+                average.copy_(current[name])
+
+    def state_dict(self) -> dict:
+        return {"weights": self.network.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["weights"])
+        self.updates = state["updates"]
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters, device, args, log, average=None) -> None:
+    """One pass over ``loader`` (at most ``iters`` steps); ``average``, a ``WeightAverage``, follows every step."""
     bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress or not dist.is_main())
     seen, started = 0, time.perf_counter()
     for step, (images, targets) in enumerate(loader):
@@ -187,6 +221,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters, d
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update()
         seen += len(images) * dist.world()
         rate = seen / (time.perf_counter() - started)
         lr = optimizer.param_groups[0]["lr"]

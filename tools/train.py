@@ -33,6 +33,7 @@ from detector.nanodet import ATTRIBUTION as NANODET_ATTRIBUTION
 from detector.synthetic import default_dataset
 from detector.training import (
     REFERENCE_BATCH,
+    WeightAverage,
     build_optimizer,
     check_resume,
     fit_epochs,
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr-steps", type=int, nargs="+", default=[16, 22], help="epochs where step decays the lr")
     opt.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each step decay")
     opt.add_argument("--warmup-iters", type=int, default=1000, help="linear warmup from lr/1000")
+    opt.add_argument(
+        "--weight-average",
+        type=float,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights at this decay per step (e.g. 0.999), evaluated "
+        "beside them and written as final.pt (default: none, final.pt holds the last weights)",
+    )
     opt.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0: off)")
     opt.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     opt.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip in training")
@@ -192,6 +200,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--teacher-score is a score in (0, 1], got {args.teacher_score}")
     if args.teacher_ignore_score is not None and not 0 < args.teacher_ignore_score < args.teacher_score:
         p.error(f"--teacher-ignore-score is a score in (0, --teacher-score), got {args.teacher_ignore_score}")
+    if args.weight_average is not None and not 0 < args.weight_average < 1:
+        p.error(f"--weight-average is a decay in (0, 1), got {args.weight_average}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be positive, got {args.threads}")
     if args.time_budget is not None and (args.time_budget <= 0 or args.schedule != "cosine"):
@@ -299,6 +309,7 @@ def train(args: argparse.Namespace) -> int:
     if args.sync_bn and dist.world() > 1:
         detector = nn.SyncBatchNorm.convert_sync_batchnorm(detector)
     detector.to(device).train()
+    average = WeightAverage(detector, args.weight_average) if args.weight_average else None
     model = dist.wrap(detector, device)
     peak_lr = scaled_lr(args.lr, args.batch_size, dist.world())
     optimizer = build_optimizer(parameter_groups(detector.model, peak_lr, args.backbone_lr_factor), peak_lr, args)
@@ -311,12 +322,17 @@ def train(args: argparse.Namespace) -> int:
         optimizer, lambda it: lr_factor(it, warmup_iters=warmup_iters, iters_per_epoch=iters_per_epoch, args=args)
     )
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
-    start_epoch, metrics = 0, None
+    start_epoch, metrics, average_metrics = 0, None, None
     if resume_state is not None:
         training = resume_state["training"]
         notes = check_resume(training, schedule, resume_path)
         notes += restore(training, optimizer, scheduler, scaler, device)
-        start_epoch, metrics = training["epoch"], training.get("metrics")
+        notes += _restore_average(average, training.get("weight_average"))
+        start_epoch, metrics, average_metrics = (
+            training["epoch"],
+            training.get("metrics"),
+            training.get("average_metrics"),
+        )
         for note in notes:
             dist.log_main(f"warning: {note}")
         dist.log_main(f"resumed from {resume_path} at epoch {start_epoch}")
@@ -334,7 +350,7 @@ def train(args: argparse.Namespace) -> int:
     while epoch < args.epochs:  # not range(): --time-budget sets args.epochs after the first epoch
         set_epoch(loader, epoch)
         epoch_started = time.monotonic()
-        train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters_per_epoch, device, args, log)
+        train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, iters_per_epoch, device, args, log, average)
         if args.time_budget and epoch == 0:
             _fit_to_budget(
                 args, schedule, elapsed_s=time.monotonic() - started, epoch_s=time.monotonic() - epoch_started, log=log
@@ -342,19 +358,36 @@ def train(args: argparse.Namespace) -> int:
         last = epoch + 1 == args.epochs
         if (args.eval_every and (epoch + 1) % args.eval_every == 0) or last:
             metrics = evaluate(detector, val_set, args.batch_size, progress=not args.no_progress)
+            if average is not None:
+                average_metrics = evaluate(average.network, val_set, args.batch_size, progress=not args.no_progress)
             if log:
-                log.write({"epoch": epoch + 1, "eval": metrics})
-                dist.log_main(f"epoch {epoch + 1}: AP {metrics['stats']['AP']:.4f} AP50 {metrics['stats']['AP50']:.4f}")
+                log.write(
+                    {"epoch": epoch + 1, "eval": metrics} | ({"eval_average": average_metrics} if average else {})
+                )
+                dist.log_main(
+                    f"epoch {epoch + 1}: {_summary(metrics)}"
+                    + (f"; averaged weights {_summary(average_metrics)}" if average else "")
+                )
         state = training_state(
             optimizer, scheduler, scaler, epoch=epoch + 1, metrics=metrics, schedule=schedule, device=device
         )
         if state is not None:  # rank 0
+            if average is not None:
+                state |= {"weight_average": average.state_dict(), "average_metrics": average_metrics}
             detector.provenance.update(epochs=epoch + 1, metrics=metrics)
             save_checkpoint(detector, args.output_dir / "last.pt", training_state=state)
         epoch += 1
     if dist.is_main():
         detector.provenance["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        save_checkpoint(detector, args.output_dir / "final.pt")
+        final = detector
+        if average is not None:  # the average is what ships; last.pt keeps the last weights
+            final = average.network
+            final.provenance = detector.provenance | {
+                "metrics": average_metrics,
+                "weight_average": {"decay": average.decay, "updates": average.updates},
+                "last_weights_metrics": metrics,
+            }
+        save_checkpoint(final, args.output_dir / "final.pt")
         dist.log_main(f"wrote {args.output_dir / 'final.pt'}")
     dist.barrier()
     dist.shutdown()
@@ -422,6 +455,26 @@ def _load_init(detector: Detector, path: Path) -> None:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: --init needs a checkpoint of the same network ({first})") from None
+
+
+def _summary(metrics: dict) -> str:
+    return f"AP {metrics['stats']['AP']:.4f} AP50 {metrics['stats']['AP50']:.4f}"
+
+
+def _restore_average(average: WeightAverage | None, saved: dict | None) -> list[str]:
+    """Load the saved weight average into ``average``; return warnings where the run and the checkpoint differ."""
+    if average is None:
+        return (
+            ["the checkpoint kept a weight average; this run has no --weight-average, so it is dropped"]
+            if saved
+            else []
+        )
+    if saved is None:
+        return ["the checkpoint kept no weight average: it starts afresh from the resumed weights"]
+    average.load_state_dict(saved)
+    if saved["decay"] != average.decay:
+        return [f"the weight average was kept at decay {saved['decay']:g}; it goes on at {average.decay:g}"]
+    return []
 
 
 def _read_resume(path: Path, config: DetectorConfig) -> dict:

@@ -2,6 +2,7 @@
 the schedule), gives every DDP rank its own random draws with the same weights, and refuses bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from detector import read_checkpoint, synthetic
 from detector.config import get_config
 from detector.data import CocoDetectionDataset, make_loader
 from detector.model import Detector
-from detector.training import fit_epochs, restore
+from detector.training import WeightAverage, fit_epochs, restore
 from tools.train import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +82,52 @@ def test_resume_continues_from_the_saved_step_and_optimizer_state(tiny_set, tmp_
     assert any(not torch.equal(after_one["state_dict"][k], actual[k]) for k in actual)
 
 
+def test_weight_average_follows_every_step_ships_as_final_and_resumes_exactly(tiny_set, tmp_path, capsys):
+    schedule = ["--schedule", "step", "--lr-steps", "5", "--warmup-iters", "1", "--lr", "0.01", "--eval-every", "1"]
+    average = ["--weight-average", "0.5"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(_args(tiny_set, straight, "--epochs", "2", *schedule, *average)) == 0
+    assert main(_args(tiny_set, stopped, "--epochs", "1", *schedule, *average)) == 0
+    capsys.readouterr()
+    assert main(_args(tiny_set, stopped, "--epochs", "2", "--resume", *schedule, *average)) == 0
+    assert "warning" not in capsys.readouterr().out
+    last, final = read_checkpoint(straight / "last.pt"), read_checkpoint(straight / "final.pt")
+    kept = last["training"]["weight_average"]
+    assert kept["updates"] == 4 and kept["decay"] == 0.5  # 2 epochs of 8 images in batches of 4
+    # final.pt is the average, not the last weights, and says so with both evaluations.
+    trained = [k for k, v in last["state_dict"].items() if v.is_floating_point() and "box_predictor" in k]
+    for key in final["state_dict"]:
+        assert torch.equal(final["state_dict"][key], kept["weights"][f"model.{key}"]), key
+    assert any(not torch.equal(final["state_dict"][k], last["state_dict"][k]) for k in trained)
+    records = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert len(evals) == 2 and all({"AP", "AP50"} <= r["eval_average"]["stats"].keys() for r in evals)
+    assert final["provenance"]["metrics"] == evals[-1]["eval_average"]
+    assert final["provenance"]["last_weights_metrics"] == evals[-1]["eval"]
+    assert final["provenance"]["weight_average"] == {"decay": 0.5, "updates": 4}
+    # Resumed, the average goes on as if never stopped.
+    resumed = read_checkpoint(stopped / "final.pt")["state_dict"]
+    for key in resumed:
+        assert torch.equal(resumed[key], final["state_dict"][key]), key
+    # Resuming without the option drops the average, saying so.
+    assert main(_args(tiny_set, stopped, "--epochs", "3", "--resume", *schedule)) == 0
+    assert "has no --weight-average, so it is dropped" in capsys.readouterr().out
+
+
+def test_weight_average_is_the_ramped_exponential_average_of_the_weights():
+    network = torch.nn.Linear(2, 1)
+    average = WeightAverage(network, decay=0.9, ramp=2)
+    expected = network.weight.detach().clone()
+    for step in range(1, 4):
+        with torch.no_grad():
+            network.weight.add_(1.0)
+        average.update()
+        decay = 0.9 * (1 - math.exp(-step / 2))
+        expected = decay * expected + (1 - decay) * network.weight.detach()
+        assert torch.allclose(average.network.weight, expected)
+    assert not average.network.weight.requires_grad
+
+
 def test_log_and_checkpoints_are_written(tiny_set, tmp_path, capsys):
     out = tmp_path / "run"
     argv = [a for a in _args(tiny_set, out, "--epochs", "1", "--warmup-iters", "1") if a != "--no-progress"]
@@ -121,6 +168,7 @@ def test_adamw_without_flips_with_repeats_trains_and_saves_its_state(tiny_set, t
         (["--repeat-threshold", "0"], "--repeat-threshold is a fraction of the images in (0, 1]"),
         (["--crop", "-0.1"], "--crop is a probability in [0, 1]"),
         (["--zoom-out", "2"], "--zoom-out is a probability in [0, 1]"),
+        (["--weight-average", "1"], "--weight-average is a decay in (0, 1)"),
         (["--optimizer", "adam"], "invalid choice: 'adam'"),
         (["--time-budget", "5"], "--time-budget takes positive minutes and fits a cosine schedule"),
         (["--time-budget", "0", "--schedule", "cosine"], "--time-budget takes positive minutes"),
