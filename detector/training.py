@@ -170,10 +170,13 @@ def restore(training: dict, optimizer, scheduler, scaler, device: torch.device) 
 class WeightAverage:
     """An exponential moving average of a network's weights, updated after every optimizer step (the "model EMA"
     of YOLOX and NanoDet): it evens out the noise of the last steps, so it is evaluated and shipped in their
-    place. The decay ramps up from 0 (``decay * (1 - exp(-updates / ramp))``) so the first steps' random head does
-    not linger in the average; YOLOX ramps over 2,000 steps of runs of 100,000s, a run here has a few thousand, so
-    the default ramp is 200 (the full decay, to 0.1%, after 1,400 steps). Buffers that are not floats (counters) are copied, not averaged. ``network`` is the
-    one being trained (not its DistributedDataParallel wrapper); the average is a copy of it."""
+    place. ``network`` is the one being trained (not its DistributedDataParallel wrapper); the average is a copy.
+
+    The decay ramps up from 0 (``decay * (1 - exp(-updates / ramp))``) so the first steps' random head does not
+    linger in the average. YOLOX ramps over 2,000 steps in runs of 100,000s; a run here has a few thousand, so
+    the default ramp is 200 (the full decay, to 0.1%, after 1,400 steps). Buffers that are not floats (counters)
+    are copied, not averaged.
+    """
 
     def __init__(self, network: nn.Module, decay: float, ramp: int = 200) -> None:
         self.source = network
