@@ -21,6 +21,7 @@ and the normal requests' statuses. Exit status 1 if the server died.
 """
 
 import argparse
+import contextlib
 import http.client
 import importlib.util
 import json
@@ -365,16 +366,18 @@ def timings(name: str, samples: list[tuple[float, int | str]]) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1: all held open while the kernel picks, so none comes twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def start_server(
-    checkpoint: str | None, extra: list[str], api_key: str | None, probe_port: int
+    checkpoint: str | None, extra: list[str], api_key: str | None, port: int, probe_port: int
 ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
     command = [sys.executable, "-m", "service", "--port", str(port), "--probe-port", str(probe_port)]
     command += ["--no-access-log", *extra]
     if checkpoint:
@@ -423,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     process = None
     url, pid, probe_port = args.url, args.server_pid, args.probe_port
     if url is None:
-        probe_port = free_port()
-        process, url = start_server(args.checkpoint, args.server_arg, args.api_key, probe_port)
+        port, probe_port = free_ports(2)
+        process, url = start_server(args.checkpoint, args.server_arg, args.api_key, port, probe_port)
         pid = process.pid
     try:
         report = measure(url, pid, probe_port, args.duration, args.api_key, args.attacks, args.attacker_nice)
