@@ -150,8 +150,11 @@ class OpenVinoEngine:
 
     @staticmethod
     def _detections(outputs) -> Detections:
-        boxes, labels, scores = (outputs[i] for i in range(3))
-        return Detections(np.asarray(boxes), np.asarray(labels).astype(np.int64), np.asarray(scores))
+        boxes, labels, scores = (np.asarray(outputs[i]) for i in range(3))
+        # Where the network finds nothing, OpenVINO returns one row of stale memory with label 0 instead of an
+        # empty result; a Faster R-CNN's labels start at 1 (0 is background), so such rows are not detections.
+        found = labels >= 1
+        return Detections(boxes[found], labels[found].astype(np.int64), scores[found])
 
     def close(self) -> None:
         self._by_shape.clear()
