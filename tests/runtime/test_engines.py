@@ -185,9 +185,9 @@ def test_openvino_gives_nothing_where_there_is_nothing(openvino_engine):
     # none: on the COCO export, blank images came back as label 0 (background) at scores of 0.9 and more.
     engine = openvino_engine(threads=2, path=DEFAULT_EXPORT)
     reference = load_engine(DEFAULT_EXPORT, threads=1)
-    blanks = [np.full(shape, level, np.float32) for shape in ((3, 240, 320), (3, 320, 240)) for level in (0.0, 1.0)]
+    blanks = [np.full((3, 240, 320), level, np.float32) for level in (0.0, 0.5, 1.0)]
     assert all(len(found.labels) == 0 for found in reference.predict(blanks))  # ONNX Runtime finds nothing
     photo = sample_array(REPO / "data" / "sample" / "images" / "000000000471.jpg")
     for _ in range(3):  # the shape-agnostic graph, then the shapes' own, lone and in batches
         found = [engine.predict([blank])[0] for blank in blanks] + engine.predict([photo, *blanks])[1:]
-        assert [len(f.labels) for f in found] == [0] * 8, [(f.labels, f.scores) for f in found]
+        assert [len(f.labels) for f in found] == [0] * 6, [(f.labels, f.scores) for f in found]
