@@ -26,7 +26,7 @@ from backbone.weights import WeightsError
 from detector import distributed as dist
 from detector.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from detector.config import CONFIGS, DEFAULT_CONFIG, ConfigError, DetectorConfig, get_config
-from detector.data import CocoDetectionDataset, DatasetError, make_loader, set_epoch
+from detector.data import ZOOM_OUT_MAX, CocoDetectionDataset, DatasetError, make_loader, set_epoch
 from detector.distill import write_distilled_set
 from detector.model import Detector
 from detector.nanodet import ATTRIBUTION as NANODET_ATTRIBUTION
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="probability of SSD's zoom-out in training, before the crop (the photo on a canvas up to "
-        "2x its sides, filled with the normalisation mean: objects seen smaller)",
+        f"{ZOOM_OUT_MAX:g}x its sides, filled with the normalisation mean: objects seen smaller)",
     )
     opt.add_argument(
         "--repeat-threshold",
