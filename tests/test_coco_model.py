@@ -59,7 +59,7 @@ def test_finds_real_objects_on_the_bundled_photos(coco_model):
     # Among what a user is shown by default (the service's and tools.predict's score threshold): every bundled
     # photo's person that is not small (COCO's small: under 32 x 32 px), the large animal or vehicle of the
     # photos with one, and the page's sample's bus (471). Small persons, the model's weak point, are not asked
-    # for: 149's crowd is 5-15 px wide, 471's one person 16 x 45 px (0.26 at the test input, long side 320,
+    # for: 149's crowd is 5-15 px wide, 471's one person 16 x 45 px (0.29 at the test input, long side 320,
     # NanoDet-m's scale). Near classes compete: 42's dog is shown at 0.49 beside "teddy bear" at 0.52.
     annotations = json.loads((REPO / "data" / "sample" / "instances.json").read_text())
     with_person = {
