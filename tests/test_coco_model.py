@@ -80,7 +80,7 @@ def test_finds_real_objects_on_the_bundled_photos(coco_model):
         names = {engine.card.categories.name(int(label)) for label in labels}
         assert expected[image["id"]] in names, (image["file_name"], names)
         checked += 1
-    assert checked == 4
+    assert checked == len(expected)  # every photo asked for is among the bundled ones
 
 
 @pytest.mark.slow
