@@ -126,7 +126,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.queue_size,
         on_batch=service_metrics.observe_batch,
         on_idle=MemoryTrimmer(),
-        group_key=orientation,
     )
     batcher.start(inference)
     service_metrics.track_queue(lambda: batcher.depth)
@@ -143,11 +142,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inference.shutdown(wait=True)
         app.state.decode_executor.shutdown(wait=True)
         engine.close()
-
-
-def orientation(image: np.ndarray) -> bool:
-    """True for landscape or square (3, H, W) images: the batches' grouping key."""
-    return image.shape[-2] <= image.shape[-1]
 
 
 async def _warm_up(app: FastAPI, inference: ThreadPoolExecutor) -> None:

@@ -5,11 +5,6 @@ that image's arrival, up to ``max_batch_size`` images, and runs one forward pass
 loop keeps accepting and decoding. An image that has already waited ``max_wait_ms`` (because the model was busy)
 goes into the next batch at once: batching never adds more than ``max_wait_ms`` to a lone request.
 
-With a ``group_key``, a batch holds only images whose key equals the oldest image's (the service groups by
-orientation: a batch is padded to its largest height and width, so mixing portrait and landscape images
-pads each to a square and wastes about 40% of the pass). Others wait for the next pass, whose first image is
-then the oldest: no image is passed over more than once.
-
 Within a batch, requests take turns: each waiting request's first image, then each one's second, and so on, so
 a request of sixteen images does not hold back the one-image requests that arrive behind it. Every batch still
 takes the oldest waiting image, so a large request advances with every pass and is never starved.
@@ -22,7 +17,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +48,6 @@ class _Job:
     image: np.ndarray
     future: asyncio.Future
     enqueued: float  # time.monotonic()
-    key: Hashable = None
     request: int = 0  # which submit() it came from: requests take turns within a batch
     started: float = 0.0
     inference_s: float = 0.0
@@ -82,7 +76,6 @@ class Batcher:
         on_batch: Callable[[int, float, bool], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         idle_after_s: float = 1.0,
-        group_key: Callable[[np.ndarray], Hashable] | None = None,
     ) -> None:
         """``queue_size`` counts images; ``on_batch(size, seconds, failed)`` hears of every forward pass;
         ``on_idle()`` runs in the inference thread once nothing has arrived for ``idle_after_s`` after a batch."""
@@ -95,7 +88,6 @@ class Batcher:
         self.on_batch = on_batch
         self.on_idle = on_idle
         self.idle_after_s = idle_after_s
-        self.group_key = group_key
         self._ran_since_idle = False
         self._waiting: deque[_Job] = deque()
         self._arrived: asyncio.Event | None = None
@@ -141,9 +133,8 @@ class Batcher:
             raise QueueFull(f"the queue holds {len(self._waiting)} of {self.queue_size} images")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        keys = [self.group_key(image) if self.group_key else None for image in images]
         request = next(self._requests)
-        jobs = [_Job(image, loop.create_future(), now, key, request) for image, key in zip(images, keys, strict=True)]
+        jobs = [_Job(image, loop.create_future(), now, request) for image in images]
         self._waiting.extend(jobs)
         self._arrived.set()
         try:
@@ -185,7 +176,7 @@ class Batcher:
                 else:
                     await self._arrived.wait()
             deadline = self._waiting[0].enqueued + self.max_wait_s
-            while self._batchable() < self.max_batch_size and not self._closing:
+            while len(self._waiting) < self.max_batch_size and not self._closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -201,23 +192,12 @@ class Batcher:
                 await self._run_batch(loop, batch)
                 self._ran_since_idle = True
 
-    def _batchable(self) -> int:
-        """How many waiting images could join the oldest one's batch."""
-        if not self._waiting:
-            return 0
-        key = self._waiting[0].key
-        return sum(1 for job in self._waiting if job.key == key)
-
     def _take_batch(self) -> list[_Job]:
-        """Up to ``max_batch_size`` images of the oldest image's group, requests taking turns (each one's first
-        waiting image, then each one's second...), in arrival order; the oldest image is always among them."""
-        if not self._waiting:
-            return []
-        key = self._waiting[0].key
+        """Up to ``max_batch_size`` waiting images, requests taking turns (each one's first waiting image, then
+        each one's second...), in arrival order; the oldest image is always among them."""
         by_request: dict[int, list[_Job]] = {}
         for job in self._waiting:
-            if job.key == key:
-                by_request.setdefault(job.request, []).append(job)
+            by_request.setdefault(job.request, []).append(job)
         chosen: set[int] = set()
         for turn in range(self.max_batch_size):
             for jobs in by_request.values():

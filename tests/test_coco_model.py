@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 
 from detector import CONFIGS, DEFAULT_CHECKPOINT, DEFAULT_EXPORT, load_checkpoint
 from detector.coco_classes import COCO_CATEGORIES
@@ -93,3 +94,22 @@ def test_scores_its_measured_ap_on_coco128(coco128):
     assert report["evaluated"]["checkpoint"].endswith("coco.pt")  # the default with COCO annotations
     measured = load_checkpoint(DEFAULT_CHECKPOINT).provenance["metrics"]["stats"]["AP"]
     assert report["stats"]["AP"] == pytest.approx(measured, abs=0.005)
+
+
+def test_an_image_gets_the_same_detections_in_any_batch(coco_model, image_paths):
+    # Photos of several sizes in one call: each must get what it gets alone (the service never pads photos
+    # together, and eval/coco.py's batch size must not change its AP).
+    images = [_tensor(path) for path in image_paths[:8]]
+    assert len({tuple(image.shape) for image in images}) >= 3
+    together = coco_model.predict(images)
+    for image, found in zip(images, together, strict=True):
+        (alone,) = coco_model.predict([image])
+        assert torch.equal(found["labels"], alone["labels"])
+        assert torch.allclose(found["boxes"], alone["boxes"], atol=1e-3) and torch.allclose(
+            found["scores"], alone["scores"], atol=1e-5
+        )
+
+
+def _tensor(path: Path) -> torch.Tensor:
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255

@@ -204,21 +204,3 @@ async def test_stop_finishes_accepted_work_then_refuses_new():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="max_batch_size=0"):
         Batcher(echo, max_batch_size=0, max_wait_ms=1, queue_size=1)
-
-
-async def test_batches_group_images_by_key_without_passing_anyone_over_twice():
-    seen: list[list[float]] = []
-
-    def record(batch):
-        seen.append(echo(batch))
-        return echo(batch)
-
-    batcher = Batcher(
-        record, max_batch_size=4, max_wait_ms=50, queue_size=16, group_key=lambda x: float(x[0, 0, 0]) >= 100
-    )
-    batcher.start()
-    values = [1, 101, 2, 102, 3, 4, 103, 5]  # two groups, interleaved
-    outcomes = await asyncio.gather(*(batcher.submit(images(1, v), timeout=5) for v in values))
-    await batcher.stop()
-    assert [o.results[0] for o in outcomes] == values
-    assert seen == [[1, 2, 3, 4], [101, 102, 103], [5]]
