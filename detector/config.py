@@ -30,8 +30,9 @@ class DetectorConfig:
     name: str
     backbone: str  # a key of backbone.BACKBONES
     # Neck over stages 2-4 (strides 8/16/32) plus a max-pooled level (64): torchvision's FeaturePyramidNetwork
-    # ("fpn"), or NanoDet-m's PAN and head towers ("nanodet_m", 96 channels, weights from its IR); whether it
-    # trains (False keeps pretrained neck weights as they are).
+    # ("fpn"), the same with depthwise-separable output convolutions ("fpn_separable"), or NanoDet-m's PAN and
+    # head towers ("nanodet_m", 96 channels, weights from its IR); whether it trains (False keeps pretrained
+    # neck weights as they are).
     neck: str = "fpn"
     neck_channels: int = 256
     trainable_neck: bool = True
@@ -99,7 +100,7 @@ def _tuplify(value):
     return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-NECK_NAMES = ("fpn", "nanodet_m")  # the builders are detector.model.NECKS
+NECK_NAMES = ("fpn", "fpn_separable", "nanodet_m")  # the builders are detector.model.NECKS
 RPN_HEAD_NAMES = ("conv", "separable")  # detector.model.rpn_head
 MIN_SIDE = 32  # the backbone's coarsest stride: a smaller image has no cell at stride 32
 

@@ -156,3 +156,36 @@ def test_proposals_on_a_region_to_ignore_are_neither_objects_nor_background():
     assert (labels[0] >= 0).all()
     assert not (overlap >= 0.5).any(), "a proposal on the ignored region was sampled"
     assert {0, 2} <= set(labels[0].tolist())  # the car's proposals and the empty ones still are
+
+
+def test_the_separable_fpn_is_torchvisions_with_lighter_output_convolutions():
+    full, light = (get_config("coco_edge", neck=neck) for neck in ("fpn", "fpn_separable"))
+    full_cost, light_cost = (detector_complexity(config)["macs_by_part"] for config in (full, light))
+    assert light_cost["backbone"] == full_cost["backbone"] and light_cost["rpn"] == full_cost["rpn"]
+    assert light_cost["neck"] < full_cost["neck"] / 2.5  # the 3x3 output convolutions were most of it
+    torch.manual_seed(0)
+    full_neck, light_neck = (Detector(config, CATEGORIES).model.backbone.neck for config in (full, light))
+    # The same lateral (1x1) convolutions and top-down path: only the output convolutions differ.
+    assert [n for n in full_neck.state_dict() if "inner" in n] == [n for n in light_neck.state_dict() if "inner" in n]
+    depthwise = [m for m in light_neck.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
+    assert len(depthwise) == len(light_neck.layer_blocks) == 3
+
+
+def test_the_gathering_roi_align_pools_what_torchvisions_does():
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from detector.model import GatheringRoIAlign
+
+    torch.manual_seed(0)
+    names = ["0", "1", "2"]
+    features = {name: torch.rand(1, 8, 40 // 2**i, 48 // 2**i) for i, name in enumerate(names)}
+    # Boxes of every level in mixed order, then none of the middle level.
+    corners = torch.rand(30, 2) * 200
+    sides = torch.cat([torch.full((10, 2), side) for side in (20.0, 300.0, 600.0)])
+    mixed = torch.cat([corners, corners + sides], dim=1)[torch.randperm(30)]
+    for boxes, levels in ((mixed, {0, 1, 2}), (mixed[mixed[:, 2] - mixed[:, 0] != 300], {0, 2})):
+        reference = MultiScaleRoIAlign(names, 7, 2)
+        expected = reference(features, [boxes], [(320, 384)])
+        assert set(reference.map_levels([boxes]).tolist()) == levels
+        actual = GatheringRoIAlign(names, 7, 2)(features, [boxes], [(320, 384)])
+        assert torch.equal(actual, expected)

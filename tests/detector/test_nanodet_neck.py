@@ -74,7 +74,7 @@ def test_detector_on_the_frozen_neck_trains_only_its_heads(nanodet_ir):
 
 def test_neck_and_rpn_head_names_are_the_builders():
     assert set(NECK_NAMES) == set(NECKS) and set(RPN_HEAD_NAMES) == RPN_HEADS
-    with pytest.raises(ConfigError, match="neck must be one of fpn, nanodet_m"):
+    with pytest.raises(ConfigError, match="neck must be one of fpn, fpn_separable, nanodet_m"):
         get_config("edge", neck="bifpn")
     with pytest.raises(ConfigError, match="rpn_head must be one of conv, separable"):
         get_config("edge", rpn_head="deep")
