@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -34,6 +35,12 @@ def test_export_round_trips_the_card_and_the_detections(tmp_path):
     check = compare_engines(checkpoint, exported)
     assert check["detections"] > 0, "random weights at score threshold 0 still detect, so boxes were compared"
     assert check["box_px"] < 0.05 and check["score"] < 1e-4
+    # The input is interpolated only in a branch (the engines give it at the input size, where scale 1 skips
+    # it); the check above ran both branches: synthetic images to resize, photos shrunk beforehand.
+    graph = onnx.load(exported).graph
+    assert not [node.name for node in graph.node if node.op_type == "Resize" and "/transform/" in node.name]
+    branches = [a.g for node in graph.node if node.op_type == "If" for a in node.attribute if a.type == a.GRAPH]
+    assert any(node.op_type == "Resize" for branch in branches for node in branch.node)
 
 
 def test_cli_exports_next_to_the_checkpoint(tmp_path):  # the one run as a user runs it, in a new process
