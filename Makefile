@@ -68,7 +68,7 @@ demo-model: $(STAMP)
 # The bundled COCO model from ../shared (NanoDet-m's IR and the COCO val2017 person images): NanoDet-m labels
 # the classes the person set lacks, its backbone initialises ours, two one-thread processes train on 2 cores
 # (18 epochs at short side 320, rare classes' images repeated, half the images zoomed out and half randomly
-# cropped, a moving average of the weights shipped: about 80 minutes on a quiet 2-core machine), and the export
+# cropped, a moving average of the weights shipped: about 70 minutes on a quiet 2-core machine), and the export
 # serves it (at coco_edge's test input, long side 320). Resumable: run it again to continue an interrupted run.
 # --lr is per 16 images: 2e-3 gives the 2 x 4 images per step the peak rate of 1e-3 it was tuned at.
 SHARED := ../shared
