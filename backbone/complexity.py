@@ -2,7 +2,8 @@
 
 Only convolutions and fully connected layers are counted (one multiply-add each per weight use); BN, ReLU,
 pooling, shuffle and element-wise adds are free, as in the paper. Run as
-``python -m backbone.complexity [--json]`` for every registered backbone at 224x224.
+``python -m backbone.complexity [--json] [NAME ...]`` for the named registered backbones (default: every one)
+at 224x224.
 """
 
 import argparse
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multiply-adds (the paper's FLOPs) and parameters of every ShuffleNet configuration.",
         formatter_class=HelpFormatter,
     )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="registered backbones to count (default: every one, as listed)"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--size", type=int, default=224, help="square input size")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -93,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size must be at least 32, got {args.size}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be positive, got {args.threads}")
+    unknown = [name for name in args.names if name not in BACKBONES]
+    if unknown:
+        parser.error(f"unknown backbone {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [backbone_complexity(name, args.size) for name in BACKBONES]
+    rows = [backbone_complexity(name, args.size) for name in args.names or BACKBONES]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -12,8 +11,15 @@ COCOAPI_FIXTURES = SHARED_DATA / "cocoapi_fixtures"
 COCO_PERSONS = SHARED_DATA / "coco2017_persons"
 NANODET_IR = REPO.parent / "shared" / "weights" / "nanodet_m" / "nanodet_m.xml"
 
-# Two cores: keep each test process on one intra-op thread so parallel work does not thrash.
-torch.set_num_threads(1)
+
+def pytest_sessionstart(session) -> None:
+    # Two cores: keep each test process on one intra-op thread so parallel work does not thrash. Only the
+    # processes that run tests import torch (pytest-xdist's controller never needs it: 2 s saved).
+    if not hasattr(session.config, "workerinput") and session.config.getoption("numprocesses", None):
+        return
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,11 @@
 """The networks: the paper's complexity figures, torchvision parity, weight loading, the feature contract."""
 
+import io
 import json
 import math
 import subprocess
 import sys
+from contextlib import redirect_stdout
 from functools import cache
 from pathlib import Path
 
@@ -11,15 +13,22 @@ import pytest
 import torch
 import torchvision
 
-from backbone import BACKBONES, ChannelShuffle, WeightsError, create_backbone, load_weights
-from backbone.complexity import backbone_complexity
+from backbone import BACKBONES, ChannelShuffle, WeightsError, complexity, create_backbone, load_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @cache
+def _table() -> dict[str, dict]:
+    """The table as users get it, ``python -m backbone.complexity --json``, run once in this process."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert complexity.main(["--json"]) == 0
+    return {row["name"]: row for row in json.loads(out.getvalue())}
+
+
 def _row(name: str) -> dict:
-    return backbone_complexity(name)
+    return _table()[name]
 
 
 # Table 2 of the paper (1x, MFLOPs per group count) and Table 2's scaled rows for g = 3.
@@ -59,27 +68,38 @@ def test_v2_params_equal_torchvision(name, params):
     assert sum(p.numel() for p in create_backbone(name).parameters()) == params
 
 
-def test_complexity_cli_prints_every_config_as_json():
-    # A user's run, in a new process, at the paper's 224 px.
+def test_complexity_cli_lists_every_config():
+    rows = list(_table().values())
+    assert len(rows) == len(BACKBONES) == 29
+    assert [r["name"] for r in rows] == list(BACKBONES)
+    for r in rows:
+        assert {"arch", "groups", "scale", "mflops", "params"} <= r.keys()
+        assert r["mflops"] > 0 and r["params"] > 0 and r["input_size"] == 224
+        assert (r["groups"] is None) == (r["arch"] == "shufflenet_v2")
+    assert _row("shufflenet_v2_x1_0")["params"] == 2_278_604
+
+
+def test_complexity_cli_counts_the_named_configs_and_refuses_unknown_ones(capsys):
+    assert complexity.main(["shufflenet_v2_x0_5", "shufflenet_v1_g8_1x"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["backbone", "groups", "scale", "MFLOPs"]
+    assert [line.split()[0] for line in lines] == ["shufflenet_v2_x0_5", "shufflenet_v1_g8_1x"]
+    with pytest.raises(SystemExit) as exit_info:
+        complexity.main(["shufflenet_v3"])
+    assert exit_info.value.code == 2 and "unknown backbone shufflenet_v3" in capsys.readouterr().err
+
+
+def test_complexity_runs_as_a_module():  # the one run as a user runs it, in a new process, at the paper's 224 px
     out = subprocess.run(
-        [sys.executable, "-m", "backbone.complexity", "--json"],
+        [sys.executable, "-m", "backbone.complexity", "shufflenet_v1_g3_1x", "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
-    assert len(rows) == len(BACKBONES) == 29
-    assert {r["name"] for r in rows} == set(BACKBONES)
-    for r in rows:
-        assert {"arch", "groups", "scale", "mflops", "params"} <= r.keys()
-        assert r["mflops"] > 0 and r["params"] > 0
-        assert (r["groups"] is None) == (r["arch"] == "shufflenet_v2")
-    by_name = {r["name"]: r for r in rows}
-    assert by_name["shufflenet_v1_g3_1x"] == _row("shufflenet_v1_g3_1x")
-    assert by_name["shufflenet_v1_g3_1x"]["mflops"] == pytest.approx(137, rel=0.02)  # Table 2
-    assert by_name["shufflenet_v2_x1_0"]["params"] == 2_278_604
+    assert json.loads(out.stdout) == [_row("shufflenet_v1_g3_1x")]
+    assert _row("shufflenet_v1_g3_1x")["mflops"] == pytest.approx(137, rel=0.02)  # Table 2
 
 
 def test_v2_logits_equal_torchvision_after_loading_its_state_dict(tmp_path):

@@ -42,6 +42,7 @@ def test_json_report_holds_the_ratios(peers, capsys):
     assert ratio == report["ratios"]["fasterrcnn_mobilenet_v3_large_320_fpn"]["1"] > 0
 
 
+@pytest.mark.slow  # two OpenVINO engines and NanoDet-m compiled, coco128 photos timed: 10 s
 def test_nanodet_m_on_the_same_engine(peers, capsys, nanodet_ir, coco128):
     # The demo export stands in for the shipped one: the comparison's mechanics, not its figures.
     argv = [

@@ -22,6 +22,7 @@ def teacher(nanodet_ir):
     return NanoDetM(nanodet_ir, threads=1)
 
 
+@pytest.mark.slow  # NanoDet-m over all of coco128: 7 s
 def test_teacher_scores_its_known_ap_on_coco128(teacher, coco128, tmp_path):
     # 0.331 AP / 0.508 AP50, measured independently with a PyTorch rebuild of the IR (shared/weights README).
     found = teacher_detections(teacher, coco128 / "images", coco128 / "instances.json", tmp_path / "cache.json")

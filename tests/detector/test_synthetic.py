@@ -39,8 +39,8 @@ def test_same_seed_gives_identical_bytes(generated, tmp_path):
 
 
 def test_parallel_generation_writes_the_same_bytes(tmp_path):
-    serial = synthetic.generate(tmp_path / "serial", num_images=200, seed=9, image_size=(256, 256), workers=1)
-    parallel = synthetic.generate(tmp_path / "parallel", num_images=200, seed=9, image_size=(256, 256), workers=2)
+    serial = synthetic.generate(tmp_path / "serial", num_images=200, seed=9, image_size=(96, 96), workers=1)
+    parallel = synthetic.generate(tmp_path / "parallel", num_images=200, seed=9, image_size=(96, 96), workers=2)
     assert _files(serial[0].parent) == _files(parallel[0].parent)
 
 

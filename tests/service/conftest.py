@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector import CategoryMap, Detector, get_config, load_checkpoint, save_checkpoint
+from detector import DEMO_EXPORT, CategoryMap, Detector, get_config, save_checkpoint
 from detector.categories import Category
 from runtime import Detections
 from service import Settings, create_app
@@ -35,14 +35,11 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served_export(checkpoint) -> Path:
-    """That checkpoint exported to ONNX, as `make serve` serves: what the real-server tests run, since a server
-    on it starts without importing torch (3 s instead of 14 on a busy 2-core machine)."""
-    from tools.export import export_onnx
-
-    path = checkpoint.with_suffix(".onnx")
-    export_onnx(load_checkpoint(checkpoint), path)
-    return path
+def served_export() -> Path:
+    """The bundled demo model's export, served as `make serve` serves an export: what the real-server tests run,
+    since a server on it starts without importing torch (3 s instead of 14 on a busy 2-core machine), and a
+    committed one costs no export per test process."""
+    return DEMO_EXPORT
 
 
 @pytest.fixture(scope="session")
@@ -66,12 +63,20 @@ class FakeModel:
     """A stand-in predict: one box per image derived from the image itself, so results show whose they are.
 
     The box covers the middle half of the (resized) image; the score is the image's mean value. ``fail_if``
-    makes a batch raise when it holds an image for which it returns True; ``delay`` slows every batch.
+    makes a batch raise when it holds an image for which it returns True; ``delay`` slows every batch; with
+    ``hold``, every batch waits until that event is set (busy for as long as a test needs, whatever the machine).
     """
 
-    def __init__(self, *, delay: float = 0.0, fail_if: Callable[[np.ndarray], bool] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        fail_if: Callable[[np.ndarray], bool] | None = None,
+        hold: threading.Event | None = None,
+    ) -> None:
         self.delay = delay
         self.fail_if = fail_if
+        self.hold = hold
         self.batch_sizes: list[int] = []
         self.lock = threading.Lock()
 
@@ -80,6 +85,8 @@ class FakeModel:
             self.batch_sizes.append(len(images))
         if self.delay:
             time.sleep(self.delay)
+        if self.hold is not None:
+            self.hold.wait(timeout=60)
         if self.fail_if is not None and any(self.fail_if(image) for image in images):
             raise RuntimeError("injected failure")
         results = []

@@ -1,6 +1,7 @@
 """Health, readiness, model description, metrics, API docs and the page; batching behaviour seen through HTTP."""
 
 import asyncio
+import threading
 
 import cv2
 import numpy as np
@@ -8,6 +9,14 @@ import pytest
 
 pytestmark = pytest.mark.anyio
 RAW = {"content-type": "image/jpeg"}
+
+
+async def until(condition, timeout: float = 30) -> None:
+    """Return once ``condition()`` holds; the timeout is generous, since only a broken service reaches it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
 
 
 async def test_healthz_and_readyz_wait_for_warm_up(app_factory, serve):
@@ -139,13 +148,13 @@ async def test_slow_requests_time_out_with_504(app_factory, serve, fake_model_cl
 
 
 async def test_a_client_that_disconnects_leaves_no_work(app_factory, serve, fake_model_cls, jpeg):
-    # The model stays busy with the first request for 2 s: long enough, even on a loaded machine, for the
-    # second to be decoded, queued and withdrawn behind it.
-    model = fake_model_cls(delay=2.0)
+    # The model stays busy with the first request until the second has been decoded, queued and withdrawn.
+    release = threading.Event()
+    model = fake_model_cls(hold=release)
     app = app_factory(predict=model, max_batch_size=1, max_wait_ms=0)
     async with serve(app) as client:
         busy = asyncio.ensure_future(client.post("/detect", content=jpeg, headers=RAW))
-        await asyncio.sleep(0.1)
+        await until(lambda: model.batch_sizes == [1])
         gone = asyncio.Event()
         sent: list[dict] = []
         messages = [{"type": "http.request", "body": jpeg, "more_body": False}]
@@ -176,14 +185,10 @@ async def test_a_client_that_disconnects_leaves_no_work(app_factory, serve, fake
         }
         abandoned = asyncio.ensure_future(app(scope, receive, send))
         batcher = app.state.batcher
-        for _ in range(150):
-            if batcher.depth == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert batcher.depth == 1
+        await until(lambda: batcher.depth == 1)
         gone.set()
-        await asyncio.wait_for(abandoned, 5)
+        await asyncio.wait_for(abandoned, 30)
         assert batcher.depth == 0  # withdrawn while the model was still busy with the first request
+        release.set()
         assert (await busy).status_code == 200
-        await asyncio.sleep(0.05)
     assert model.batch_sizes == [1], "the abandoned image never reached the model"

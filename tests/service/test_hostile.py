@@ -131,6 +131,7 @@ def test_decoding_is_budgeted(guarded, flat_png16, jpeg):
     assert post(guarded.url, jpeg).status_code == 200
 
 
+@pytest.mark.slow  # a server of its own: 2.5 s; test_endpoints times out in-process
 def test_decoding_counts_against_the_request_timeout(launch_server, tmp_path_factory, flat_png16):
     # Two 24 MP 16-bit PNGs take about 0.3 s each to decode, one after the other (one decode worker): far past
     # a 0.1 s timeout on any machine, so the answer is 504, not a late 200.
@@ -188,6 +189,7 @@ def test_the_health_check_probes_readiness(guarded):
     assert down.returncode == 1
 
 
+@pytest.mark.slow  # a server of its own: 2 s; test_server's SIGTERM test runs in the default suite
 def test_sigterm_answers_a_stalled_upload_and_exits_promptly(start_server, jpeg):
     with start_server("--read-timeout-s", "30") as live:
         with connect(live.url) as stalled:
@@ -205,6 +207,7 @@ def test_sigterm_answers_a_stalled_upload_and_exits_promptly(start_server, jpeg)
         assert "Traceback" not in live.log.read_text()
 
 
+@pytest.mark.slow  # a server of its own: 2.5 s
 def test_uvicorn_limits_come_from_settings(start_server):
     with start_server("--limit-concurrency", "4") as live:
         holders = [connect(live.url) for _ in range(4)]
@@ -225,6 +228,7 @@ def _niceness(stat: Path) -> int:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="thread niceness is read from Linux's /proc")
+@pytest.mark.slow  # a server of its own: 2 s
 def test_worker_nice_lowers_the_decode_and_inference_threads_only(tmp_path_factory, jpeg):
     # ONNX Runtime starts its pool threads when the model loads: they must inherit the workers' priority.
     nice = ("--worker-nice", "7", "--threads", "2")

@@ -93,6 +93,7 @@ def test_client_that_disconnects_does_not_block_others(server, jpeg):
     assert server.metric("service_queue_depth") == 0
 
 
+@pytest.mark.slow  # a server of its own: 3 s; test_hostile's overload test runs one too
 def test_overload_gets_503_at_once(start_server, jpeg):
     with start_server("--queue-size", "2", "--max-images-per-request", "2", "--max-batch-size", "1") as live:
         with ThreadPoolExecutor(16) as pool:
@@ -102,6 +103,7 @@ def test_overload_gets_503_at_once(start_server, jpeg):
     assert all("retry-after" in r.headers for r in responses if r.status_code == 503)
 
 
+@pytest.mark.slow  # a server of its own: 2 s; tests/service/test_auth.py covers the key in-process
 def test_api_key_on_a_real_server(start_server, jpeg):
     with start_server(env={"SERVICE_API_KEY": "k3y"}) as live:
         assert httpx.get(f"{live.url}/healthz").status_code == 200

@@ -82,6 +82,7 @@ def test_resume_continues_from_the_saved_step_and_optimizer_state(tiny_set, tmp_
     assert any(not torch.equal(after_one["state_dict"][k], actual[k]) for k in actual)
 
 
+@pytest.mark.slow  # four training runs with evaluation: 6 s; exact resume without the average is in the default suite
 def test_weight_average_follows_every_step_ships_as_final_and_resumes_exactly(tiny_set, tmp_path, capsys):
     schedule = ["--schedule", "step", "--lr-steps", "5", "--warmup-iters", "1", "--lr", "0.01", "--eval-every", "1"]
     average = ["--weight-average", "0.5"]
@@ -273,6 +274,7 @@ def test_time_budget_sets_the_run_length_and_a_resume_keeps_it(tiny_set, tmp_pat
     assert {r["epoch"] for r in records if "loss" in r} == {1}
 
 
+@pytest.mark.slow  # two training runs: 3 s
 def test_init_starts_a_fresh_schedule_from_a_checkpoints_weights(tiny_set, tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(_args(tiny_set, first, "--epochs", "1", "--eval-every", "0")) == 0
@@ -307,6 +309,7 @@ def test_resume_refuses_another_batch_size(tiny_set, tmp_path, capsys):
     assert len(err) == 1 and "batch_size 4" in err[0] and "batch_size 2" in err[0], err
 
 
+@pytest.mark.slow  # two training runs: 3 s
 def test_a_checkpoint_from_before_the_resume_checks_still_resumes_exactly(tiny_set, tmp_path, capsys):
     schedule = ["--schedule", "step", "--lr-steps", "1", "--warmup-iters", "1", "--eval-every", "0"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
