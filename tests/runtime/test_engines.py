@@ -191,6 +191,6 @@ def test_openvino_gives_nothing_where_there_is_nothing(openvino_engine):
     blanks = [np.full((3, 240, 320), level, np.float32) for level in (0.0, 0.5, 1.0)]
     assert all(len(found.labels) == 0 for found in reference.predict(blanks))  # ONNX Runtime finds nothing
     photo = sample_array(REPO / "data" / "sample" / "images" / "000000000471.jpg")
-    for _ in range(2):  # the shape-agnostic graph, then the shapes' own, each after a photo's detections
+    for _ in range(2):  # the shape-agnostic graph, then the shapes' own; alone and after a photo's detections
         found = [engine.predict([blank])[0] for blank in blanks] + engine.predict([photo, *blanks])[1:]
         assert [len(f.labels) for f in found] == [0] * 6, [(f.labels, f.scores) for f in found]
