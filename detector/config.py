@@ -105,6 +105,13 @@ RPN_HEAD_NAMES = ("conv", "separable")  # detector.model.rpn_head
 MIN_SIDE = 32  # the backbone's coarsest stride: a smaller image has no cell at stride 32
 
 
+def input_scale(width: int, height: int, min_size: float, max_size: float) -> float:
+    """The detector's resize factor for a ``width`` x ``height`` image (torchvision's GeneralizedRCNNTransform in
+    eval mode: short side ``min_size``, long side at most ``max_size``); under 1 means it is shrunk. Plain
+    arithmetic, so that the engines' preprocessing and the export's TorchScript branch share it."""
+    return min(min_size / min(width, height), max_size / max(width, height))
+
+
 def _positive(value) -> bool:
     return value > 0
 

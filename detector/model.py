@@ -27,7 +27,7 @@ from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
 from backbone import FeatureBackbone, create_backbone
 
 from .categories import CategoryMap
-from .config import DetectorConfig
+from .config import DetectorConfig, input_scale
 from .nanodet_neck import NanoDetNeck, nanodet_neck_state_dict_from_ir
 
 
@@ -170,15 +170,10 @@ class TrainTestTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
-def _eval_scale(height: int, width: int, min_size: float, max_size: float) -> float:
-    """torchvision's eval-mode resize factor: short side ``min_size``, long side at most ``max_size``."""
-    return min(min_size / min(height, width), max_size / max(height, width))
-
-
 def _resize_unless_at_size(image: Tensor, min_size: float, max_size: float) -> Tensor:
     """torchvision's eval-mode resize, skipped at scale 1."""
     height, width = image.shape[-2], image.shape[-1]
-    scale = _eval_scale(height, width, min_size, max_size)
+    scale = input_scale(width, height, min_size, max_size)
     if scale == 1.0:
         return image
     # The output size as torchvision's recompute_scale_factor gives it; given as a size, the export samples at
@@ -318,6 +313,6 @@ class Detector(nn.Module):
         (``interpolate`` with ``recompute_scale_factor`` floors each side), then padded to ``size_divisible``."""
         transform = self.model.transform
         height, width = image.shape[-2:]
-        scale = _eval_scale(height, width, transform.min_size[-1], transform.max_size)
+        scale = input_scale(width, height, transform.min_size[-1], transform.max_size)
         step = transform.size_divisible
         return tuple(-(-math.floor(side * scale) // step) * step for side in (height, width))  # type: ignore[return-value]

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from detector.config import input_scale
+
 from .card import Detections, ModelCard
-from .preprocess import input_scale, shrink_to_input
+from .preprocess import shrink_to_input
 
 SUPPORTED = ("JPEG", "PNG", "WebP", "BMP")
 # The defaults of every way to run the model on images (the service's settings, tools.predict's options).

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.config import input_scale
+
 from .card import Detections, EngineError
 from .onnx import INPUT, OUTPUTS, read_card
-from .preprocess import input_scale
 
 _SIGHTINGS_BEFORE_COMPILE = 2
 _SHAPES_REMEMBERED = 256  # sightings are counted for this many recent shapes (a bounded memory)

@@ -8,12 +8,9 @@ resizes: OpenCV's 8-bit bilinear rounds differently on x86 and ARM, enough to mo
 
 import numpy as np
 
+from detector.config import input_scale
+
 _ROWS_AT_ONCE = 64  # source rows gathered per step of the horizontal pass
-
-
-def input_scale(width: int, height: int, min_size: int, max_size: int) -> float:
-    """The detector's resize factor for a ``width`` x ``height`` image; under 1 means it is shrunk."""
-    return min(min_size / min(width, height), max_size / max(width, height))
 
 
 def shrink_to_input(array: np.ndarray, width: int, height: int, scale: float, divisor: float) -> np.ndarray:
